@@ -1,1 +1,746 @@
-//! apply
+//! The dispatcher: source transactions become standby transactions, exactly once.
+//!
+//! Invariants:
+//! * A source transaction is never split: its changes and the `understudy.progress` row that
+//!   records its end LSN commit in one standby transaction (guarantee 2). Several small source
+//!   transactions may share one standby transaction when more are already waiting.
+//! * A transaction whose commit LSN is below the recorded `applied_lsn` was applied before (the
+//!   primary may resend after a crash, or after we were killed before acknowledging): skipped.
+//! * `applied()` only ever names a position whose standby commit has returned.
+//! * Memory does not grow with transaction size: at most [`PIPELINE_DEPTH`] statements wait for
+//!   their results at a time.
+//!
+//! The apply session runs with `session_replication_role = replica`, as PostgreSQL's own apply
+//! worker does, so the standby's triggers and foreign-key checks do not fire a second time (the
+//! primary already ran them). Setting it needs a superuser or, on PostgreSQL 15, a role granted
+//! `SET` on that parameter (`GRANT SET ON PARAMETER session_replication_role TO …`).
+
+mod statement;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+use tokio_postgres::{Client, Statement};
+
+use crate::decode::{
+    pg_time_to_unix_micros, Begin, Commit, Datum, Delete, Insert, Message, OldTuple, RelId,
+    Relation, RelationCache, Truncate, Tuple, Update,
+};
+use crate::ident::quote_ident;
+use crate::lsn::Lsn;
+use crate::pg::PgError;
+use statement::{SetColumns, Shape};
+
+/// Statements sent ahead before waiting for their results.
+pub const PIPELINE_DEPTH: usize = 256;
+/// A standby transaction holding several source transactions commits after this many of them…
+const MAX_TXNS_PER_BATCH: usize = 200;
+/// …or this many row changes…
+const MAX_ROWS_PER_BATCH: usize = 20_000;
+/// …or this long after it began.
+const MAX_BATCH_AGE: Duration = Duration::from_millis(200);
+
+/// Why applying stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The standby refused a statement or the connection failed.
+    #[error("{context}: {source}")]
+    Standby {
+        context: String,
+        #[source]
+        source: PgError,
+    },
+    /// The standby no longer matches the primary: a row to change is not there.
+    #[error(
+        "{op} on {table} matched no row for {key} on the standby: the standby has diverged from the \
+         primary (was it written to directly?); run `understudy check` to see the differences and \
+         `understudy bootstrap --force` to copy it again"
+    )]
+    Diverged {
+        op: &'static str,
+        table: String,
+        key: String,
+    },
+    /// The stream is not what the applier can handle.
+    #[error("{0}")]
+    Stream(String),
+}
+
+impl ApplyError {
+    /// Whether retrying from the last applied LSN may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Standby { source, .. } => source.is_transient(),
+            ApplyError::Diverged { .. } | ApplyError::Stream(_) => false,
+        }
+    }
+
+    fn standby(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
+        ApplyError::Standby {
+            context: context.into(),
+            source: PgError::from(err),
+        }
+    }
+}
+
+/// A value sent to the standby in PostgreSQL's text form; the server parses it for the column.
+#[derive(Clone, Debug)]
+enum Param {
+    Null,
+    Text(Bytes),
+}
+
+impl ToSql for Param {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Param::Null => Ok(IsNull::Yes),
+            Param::Text(b) => {
+                out.extend_from_slice(b);
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _ty: &Type) -> Format {
+        Format::Text
+    }
+
+    to_sql_checked!();
+}
+
+/// A statement waiting in the pipeline, and what its row count must be.
+struct Pending {
+    statement: Statement,
+    params: Vec<Param>,
+    expect_one: Option<Expect>,
+}
+
+/// An UPDATE or DELETE must change exactly one row; its identity values start at `key_from`.
+#[derive(Clone, Copy)]
+struct Expect {
+    op: &'static str,
+    rel: RelId,
+    full: bool,
+    key_from: usize,
+}
+
+/// What the dispatcher has done, for status and logs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyStats {
+    pub transactions: u64,
+    pub skipped_transactions: u64,
+    pub rows: u64,
+    pub standby_commits: u64,
+}
+
+/// The dispatcher's apply session on the standby.
+pub struct Applier {
+    client: Client,
+    relations: RelationCache,
+    statements: HashMap<(RelId, Shape), Statement>,
+    begin: Statement,
+    commit: Statement,
+    progress: Statement,
+    pending: Vec<Pending>,
+    applied: Lsn,
+    /// The source transaction in progress: its Begin, and whether it is skipped.
+    current: Option<(Begin, bool)>,
+    /// A standby transaction is open.
+    open: bool,
+    batch_started: Instant,
+    batch_txns: usize,
+    batch_rows: usize,
+    batch_end: Lsn,
+    last_idle_write: Instant,
+    stats: ApplyStats,
+}
+
+impl Applier {
+    /// Set up the apply session on `client`, resuming after `applied`.
+    pub async fn new(client: Client, applied: Lsn) -> Result<Applier, ApplyError> {
+        client
+            .batch_execute(
+                "SET session_replication_role = replica; SET datestyle = ISO; \
+                 SET intervalstyle = postgres; SET timezone = UTC; SET extra_float_digits = 3",
+            )
+            .await
+            .map_err(|e| {
+                ApplyError::standby(
+                    "while setting up the apply session (session_replication_role = replica needs \
+                     a superuser, or GRANT SET ON PARAMETER session_replication_role to the \
+                     standby user)",
+                    e,
+                )
+            })?;
+        let prepare = |sql: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .prepare(sql)
+                    .await
+                    .map_err(|e| ApplyError::standby(format!("while preparing {sql}"), e))
+            }
+        };
+        let begin = prepare("BEGIN").await?;
+        let commit = prepare("COMMIT").await?;
+        let progress = prepare(
+            "UPDATE understudy.progress SET applied_lsn = $1::text::pg_lsn, \
+             last_commit_lsn = $2::text::pg_lsn, \
+             last_commit_time = timestamptz 'epoch' + $3::text::bigint * interval '1 microsecond', \
+             last_xid = $4::text::bigint, updated_at = now() WHERE id = 1",
+        )
+        .await?;
+        Ok(Applier {
+            client,
+            relations: RelationCache::default(),
+            statements: HashMap::new(),
+            begin,
+            commit,
+            progress,
+            pending: Vec::with_capacity(PIPELINE_DEPTH),
+            applied,
+            current: None,
+            open: false,
+            batch_started: Instant::now(),
+            batch_txns: 0,
+            batch_rows: 0,
+            batch_end: applied,
+            last_idle_write: Instant::now() - Duration::from_secs(60),
+            stats: ApplyStats::default(),
+        })
+    }
+
+    /// Every primary transaction that committed before this LSN is durably applied.
+    pub fn applied(&self) -> Lsn {
+        self.applied
+    }
+
+    pub fn stats(&self) -> ApplyStats {
+        self.stats
+    }
+
+    /// Whether a source transaction is in progress (between Begin and Commit).
+    pub fn in_transaction(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Handle one decoded message. `more_waiting` says whether further messages are already
+    /// queued, in which case a commit may be held open to share the standby transaction. Returns
+    /// the new applied LSN when a standby commit made progress durable.
+    pub async fn handle(
+        &mut self,
+        msg: Message,
+        more_waiting: bool,
+    ) -> Result<Option<Lsn>, ApplyError> {
+        match msg {
+            Message::Begin(b) => {
+                if self.current.is_some() {
+                    return Err(ApplyError::Stream(
+                        "the stream began a transaction inside another one; this is a bug in \
+                         understudy or a corrupt stream"
+                            .into(),
+                    ));
+                }
+                let skip = b.final_lsn < self.applied;
+                if skip {
+                    tracing::debug!(xid = %b.xid, commit_lsn = %b.final_lsn, "skipping transaction applied before");
+                } else if !self.open {
+                    self.push(self.begin.clone(), Vec::new(), None).await?;
+                    self.open = true;
+                    self.batch_started = Instant::now();
+                }
+                self.current = Some((b, skip));
+                Ok(None)
+            }
+            Message::Commit(c) => self.commit(c, more_waiting).await,
+            Message::Relation(r) => {
+                self.flush().await?;
+                let id = r.id;
+                let same = self.relations.get(id).is_some_and(|old| *old == r);
+                if !same {
+                    self.statements.retain(|(rel, _), _| *rel != id);
+                }
+                self.relations.insert(r);
+                Ok(None)
+            }
+            Message::Insert(i) => self.change_insert(i).await.map(|_| None),
+            Message::Update(u) => self.change_update(u).await.map(|_| None),
+            Message::Delete(d) => self.change_delete(d).await.map(|_| None),
+            Message::Truncate(t) => self.truncate(t).await.map(|_| None),
+            Message::Type(_) | Message::Origin(_) | Message::LogicalMessage(_) => Ok(None),
+        }
+    }
+
+    /// Record an idle position from a keepalive: nothing is in flight, and every transaction
+    /// before `lsn` has been received. Persisted (at most every 200 ms) so that the flush
+    /// position we report never passes what the standby records.
+    pub async fn idle(&mut self, lsn: Lsn, urgent: bool) -> Result<Option<Lsn>, ApplyError> {
+        if self.current.is_some() {
+            return Ok(None);
+        }
+        // Source transactions held open for company get none: commit them now.
+        let committed = self.commit_batch().await?;
+        if lsn <= self.applied
+            || (!urgent && self.last_idle_write.elapsed() < Duration::from_millis(200))
+        {
+            return Ok(committed);
+        }
+        self.client
+            .execute(
+                "UPDATE understudy.progress SET applied_lsn = $1::text::pg_lsn, updated_at = now() \
+                 WHERE id = 1 AND applied_lsn < $1::text::pg_lsn",
+                &[&lsn.to_string()],
+            )
+            .await
+            .map_err(|e| ApplyError::standby("while recording the idle position", e))?;
+        self.last_idle_write = Instant::now();
+        self.applied = lsn;
+        Ok(Some(lsn))
+    }
+
+    /// Commit whatever complete source transactions the open standby transaction holds.
+    pub async fn finish(&mut self) -> Result<Option<Lsn>, ApplyError> {
+        if self.current.is_some() {
+            self.rollback().await;
+            return Ok(None);
+        }
+        self.commit_batch().await
+    }
+
+    async fn commit(&mut self, c: Commit, more_waiting: bool) -> Result<Option<Lsn>, ApplyError> {
+        let Some((begin, skip)) = self.current.take() else {
+            return Err(ApplyError::Stream(
+                "the stream committed a transaction that never began; this is a bug in understudy \
+                 or a corrupt stream"
+                    .into(),
+            ));
+        };
+        if skip {
+            self.stats.skipped_transactions += 1;
+            return Ok(None);
+        }
+        let params = vec![
+            text(c.end_lsn.to_string()),
+            text(c.commit_lsn.to_string()),
+            text(pg_time_to_unix_micros(c.commit_time).to_string()),
+            text(begin.xid.0.to_string()),
+        ];
+        self.push(self.progress.clone(), params, None).await?;
+        self.batch_end = c.end_lsn;
+        self.batch_txns += 1;
+        self.stats.transactions += 1;
+        let hold = more_waiting
+            && self.batch_txns < MAX_TXNS_PER_BATCH
+            && self.batch_rows < MAX_ROWS_PER_BATCH
+            && self.batch_started.elapsed() < MAX_BATCH_AGE;
+        if hold {
+            return Ok(None);
+        }
+        self.commit_batch().await
+    }
+
+    async fn commit_batch(&mut self) -> Result<Option<Lsn>, ApplyError> {
+        if !self.open {
+            return Ok(None);
+        }
+        self.push(self.commit.clone(), Vec::new(), None).await?;
+        self.flush().await?;
+        self.open = false;
+        self.applied = self.batch_end;
+        self.batch_txns = 0;
+        self.batch_rows = 0;
+        self.stats.standby_commits += 1;
+        Ok(Some(self.applied))
+    }
+
+    async fn rollback(&mut self) {
+        self.pending.clear();
+        if self.open {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        self.open = false;
+        self.current = None;
+        self.batch_txns = 0;
+        self.batch_rows = 0;
+    }
+
+    fn relation(&self, id: RelId) -> Result<&Relation, ApplyError> {
+        self.relations.get(id).ok_or_else(|| {
+            ApplyError::Stream(format!(
+                "a row change names relation {id}, which the stream never described; this is a \
+                 bug in understudy or a corrupt stream"
+            ))
+        })
+    }
+
+    /// Skip changes of a transaction applied before; fail on changes outside a transaction.
+    fn skipping(&self) -> Result<bool, ApplyError> {
+        match &self.current {
+            Some((_, skip)) => Ok(*skip),
+            None => Err(ApplyError::Stream(
+                "a row change arrived outside a transaction; this is a bug in understudy or a \
+                 corrupt stream"
+                    .into(),
+            )),
+        }
+    }
+
+    async fn change_insert(&mut self, i: Insert) -> Result<(), ApplyError> {
+        if self.skipping()? {
+            return Ok(());
+        }
+        let params = i.new.0.iter().map(param).collect::<Result<Vec<_>, _>>()?;
+        let stmt = self.statement(i.rel, Shape::Insert).await?;
+        self.row(stmt, params, None).await
+    }
+
+    async fn change_update(&mut self, u: Update) -> Result<(), ApplyError> {
+        if self.skipping()? {
+            return Ok(());
+        }
+        let rel = self.relation(u.rel)?;
+        let full = statement::uses_full_identity(rel);
+        let unchanged = u.new.0.iter().any(|d| matches!(d, Datum::UnchangedToast));
+        // The key did not change when there is no old key: leave it out of SET.
+        let key_kept = u.old.is_none() && !full;
+        let writes = |i: usize| {
+            let unchanged = matches!(u.new.0.get(i), Some(Datum::UnchangedToast) | None);
+            let kept_key = key_kept && rel.columns.get(i).is_some_and(|c| c.is_key);
+            !unchanged && !kept_key
+        };
+        let set = match (unchanged, key_kept) {
+            (false, false) => SetColumns::All,
+            (false, true) => SetColumns::NonKey,
+            (true, _) => SetColumns::Only(
+                (0..u.new.0.len())
+                    .filter(|&i| writes(i))
+                    .map(|i| i as u16)
+                    .collect(),
+            ),
+        };
+        let mut params = Vec::with_capacity(u.new.0.len() + 2);
+        for (i, d) in u.new.0.iter().enumerate() {
+            if writes(i) {
+                params.push(param(d)?);
+            }
+        }
+        if params.is_empty() {
+            // Only the unchanged key and unchanged TOAST values: the row stays as it is.
+            return Ok(());
+        }
+        let expect = Expect {
+            op: "UPDATE",
+            rel: u.rel,
+            full,
+            key_from: params.len(),
+        };
+        params.extend(identity_values(rel, full, u.old.as_ref(), &u.new)?);
+        let stmt = self.statement(u.rel, Shape::Update { set, full }).await?;
+        self.row(stmt, params, Some(expect)).await
+    }
+
+    async fn change_delete(&mut self, d: Delete) -> Result<(), ApplyError> {
+        if self.skipping()? {
+            return Ok(());
+        }
+        let rel = self.relation(d.rel)?;
+        let full = statement::uses_full_identity(rel);
+        let old = match &d.old {
+            OldTuple::Key(t) | OldTuple::Full(t) => t,
+        };
+        let identity = identity_values(rel, full, Some(&d.old), old)?;
+        let expect = Expect {
+            op: "DELETE",
+            rel: d.rel,
+            full,
+            key_from: 0,
+        };
+        let stmt = self.statement(d.rel, Shape::Delete { full }).await?;
+        self.row(stmt, identity, Some(expect)).await
+    }
+
+    async fn truncate(&mut self, t: Truncate) -> Result<(), ApplyError> {
+        if self.skipping()? {
+            return Ok(());
+        }
+        self.flush().await?;
+        let mut names = Vec::with_capacity(t.rels.len());
+        for id in &t.rels {
+            names.push(self.relation(*id)?.qualified_name());
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "TRUNCATE {}{}{}",
+            names.join(", "),
+            if t.restart_identity {
+                " RESTART IDENTITY"
+            } else {
+                ""
+            },
+            if t.cascade { " CASCADE" } else { "" }
+        );
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| ApplyError::standby(format!("while applying {sql}"), e))?;
+        self.batch_rows += 1;
+        Ok(())
+    }
+
+    async fn statement(&mut self, rel: RelId, shape: Shape) -> Result<Statement, ApplyError> {
+        if let Some(s) = self.statements.get(&(rel, shape.clone())) {
+            return Ok(s.clone());
+        }
+        let relation = self.relation(rel)?;
+        let sql = statement::build(relation, &shape);
+        let table = relation.display_name();
+        // A prepare is a round trip of its own: results queued before it must not be reordered.
+        self.flush().await?;
+        let prepared = self.client.prepare(&sql).await.map_err(|e| {
+            let hint = match e.code().map(|c| c.code()) {
+                Some("42P01") | Some("42703") | Some("42804") => {
+                    "; the standby's schema differs from the primary's: apply the same schema \
+                     change on the standby, then run follow again"
+                }
+                _ => "",
+            };
+            ApplyError::standby(
+                format!("while preparing the statement for {table}{hint}"),
+                e,
+            )
+        })?;
+        self.statements.insert((rel, shape), prepared.clone());
+        Ok(prepared)
+    }
+
+    async fn row(
+        &mut self,
+        statement: Statement,
+        params: Vec<Param>,
+        expect_one: Option<Expect>,
+    ) -> Result<(), ApplyError> {
+        self.batch_rows += 1;
+        self.stats.rows += 1;
+        self.push(statement, params, expect_one).await
+    }
+
+    async fn push(
+        &mut self,
+        statement: Statement,
+        params: Vec<Param>,
+        expect_one: Option<Expect>,
+    ) -> Result<(), ApplyError> {
+        self.pending.push(Pending {
+            statement,
+            params,
+            expect_one,
+        });
+        if self.pending.len() >= PIPELINE_DEPTH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn diverged(&self, expect: Expect, params: &[Param]) -> ApplyError {
+        let (table, key) = match self.relations.get(expect.rel) {
+            Some(rel) => (
+                rel.display_name(),
+                describe_key(
+                    rel,
+                    expect.full,
+                    params.get(expect.key_from..).unwrap_or(&[]),
+                ),
+            ),
+            None => (expect.rel.to_string(), String::new()),
+        };
+        ApplyError::Diverged {
+            op: expect.op,
+            table,
+            key,
+        }
+    }
+
+    /// Send every pending statement, in order, without waiting between them; then collect the
+    /// results in order. On any failure the standby transaction is rolled back.
+    async fn flush(&mut self) -> Result<(), ApplyError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let results = run_in_order(&self.client, &self.pending).await;
+        let mut failure = None;
+        for (p, result) in self.pending.iter().zip(results) {
+            match result {
+                Ok(n) => {
+                    if let (Some(expect), None) = (p.expect_one, &failure) {
+                        if n == 0 {
+                            failure = Some(self.diverged(expect, &p.params));
+                        }
+                    }
+                }
+                Err(e) => {
+                    if failure.is_none() {
+                        failure = Some(ApplyError::standby("while applying a change", e));
+                    }
+                }
+            }
+        }
+        self.pending.clear();
+        match failure {
+            None => Ok(()),
+            Some(e) => {
+                self.rollback().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Execute `pending` pipelined: every request is sent (in order) before the first result is
+/// awaited. tokio-postgres sends a request when its future is first polled, so the futures are
+/// polled strictly in order.
+async fn run_in_order(
+    client: &Client,
+    pending: &[Pending],
+) -> Vec<Result<u64, tokio_postgres::Error>> {
+    type Exec<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+    let mut futures: Vec<Option<Exec<'_>>> = pending
+        .iter()
+        .map(|p| {
+            let fut: Exec<'_> = Box::pin(client.execute_raw(&p.statement, p.params.iter()));
+            Some(fut)
+        })
+        .collect();
+    let mut results: Vec<Option<Result<u64, tokio_postgres::Error>>> =
+        (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, result) in futures.iter_mut().zip(results.iter_mut()) {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(r) => {
+                        *result = Some(r);
+                        *slot = None;
+                    }
+                    Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    results
+        .into_iter()
+        .map(|r| r.expect("every future completed"))
+        .collect()
+}
+
+fn text(s: String) -> Param {
+    Param::Text(Bytes::from(s))
+}
+
+fn param(d: &Datum) -> Result<Param, ApplyError> {
+    match d {
+        Datum::Null => Ok(Param::Null),
+        Datum::Text(b) => Ok(Param::Text(b.clone())),
+        Datum::UnchangedToast => Err(ApplyError::Stream(
+            "an unchanged TOAST value was sent where a full value is needed (a key column); \
+             set REPLICA IDENTITY FULL on that table on the primary"
+                .into(),
+        )),
+        Datum::Binary(_) => Err(ApplyError::Stream(
+            "the stream sent a binary value although text was requested; this is a bug in \
+             understudy"
+                .into(),
+        )),
+    }
+}
+
+/// The values that find the row: the key columns (from the old key when present), or every
+/// column of the old row under FULL identity.
+fn identity_values(
+    rel: &Relation,
+    full: bool,
+    old: Option<&OldTuple>,
+    new: &Tuple,
+) -> Result<Vec<Param>, ApplyError> {
+    let source = match old {
+        Some(OldTuple::Key(t)) | Some(OldTuple::Full(t)) => t,
+        None => new,
+    };
+    if full {
+        if !matches!(old, Some(OldTuple::Full(_))) {
+            return Err(ApplyError::Stream(format!(
+                "{} has REPLICA IDENTITY FULL but the change carries no old row",
+                rel.display_name()
+            )));
+        }
+        return source.0.iter().map(param).collect();
+    }
+    let keys = statement::key_columns(rel);
+    if keys.is_empty() {
+        return Err(ApplyError::Stream(format!(
+            "{} has no replica identity columns, so its rows cannot be found on the standby; run \
+             ALTER TABLE {} REPLICA IDENTITY FULL on the primary (or add a primary key)",
+            rel.display_name(),
+            rel.qualified_name()
+        )));
+    }
+    keys.iter()
+        .map(|&i| {
+            source
+                .0
+                .get(i)
+                .ok_or_else(|| {
+                    ApplyError::Stream(format!("old row of {} is too short", rel.display_name()))
+                })
+                .and_then(param)
+        })
+        .collect()
+}
+
+/// `(id)=(42)` for error messages.
+fn describe_key(rel: &Relation, full: bool, values: &[Param]) -> String {
+    let cols: Vec<usize> = if full {
+        (0..rel.columns.len()).collect()
+    } else {
+        statement::key_columns(rel)
+    };
+    let names: Vec<String> = cols
+        .iter()
+        .filter_map(|&i| rel.columns.get(i).map(|c| quote_ident(&c.name)))
+        .collect();
+    let vals: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            Param::Null => "NULL".to_string(),
+            Param::Text(b) => {
+                let s = String::from_utf8_lossy(b);
+                if s.len() > 64 {
+                    format!("{}…", &s[..s.floor_char_boundary(64)])
+                } else {
+                    s.into_owned()
+                }
+            }
+        })
+        .collect();
+    format!("({})=({})", names.join(", "), vals.join(", "))
+}

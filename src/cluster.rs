@@ -254,7 +254,10 @@ impl Cluster {
     }
 
     fn write_port(&self) -> Result<()> {
-        std::fs::write(self.data.join("port.conf"), format!("port = {}\n", self.port))?;
+        std::fs::write(
+            self.data.join("port.conf"),
+            format!("port = {}\n", self.port),
+        )?;
         let conf = self.data.join("postgresql.conf");
         let text = std::fs::read_to_string(&conf)?;
         if !text.contains("include_if_exists = 'port.conf'") {

@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod decode;
 pub mod demo;
 pub mod follow;
+pub mod ident;
 pub mod lsn;
 pub mod pg;
 pub mod state;

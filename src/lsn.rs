@@ -29,7 +29,9 @@ impl Lsn {
 
 /// The text could not be read as an LSN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not an LSN: expected two hexadecimal numbers separated by '/', such as 0/16B3748")]
+#[error(
+    "'{0}' is not an LSN: expected two hexadecimal numbers separated by '/', such as 0/16B3748"
+)]
 pub struct ParseLsnError(String);
 
 impl FromStr for Lsn {
@@ -100,7 +102,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed_text() {
-        for bad in ["", "/", "0/", "/0", "16B3748", "0/G", "1/2/3", "123456789/0", "-1/0"] {
+        for bad in [
+            "",
+            "/",
+            "0/",
+            "/0",
+            "16B3748",
+            "0/G",
+            "1/2/3",
+            "123456789/0",
+            "-1/0",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} should not parse");
         }
     }
