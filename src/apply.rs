@@ -29,7 +29,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::decode::{
     pg_time_to_unix_micros, Begin, Commit, Datum, Delete, Insert, Message, OldTuple, RelId,
-    Relation, RelationCache, Truncate, Tuple, Update,
+    Relation, RelationCache, Truncate, Tuple, Update, Xid,
 };
 use crate::ident::quote_ident;
 use crate::lsn::Lsn;
@@ -49,12 +49,8 @@ const MAX_BATCH_AGE: Duration = Duration::from_millis(200);
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// The standby refused a statement or the connection failed.
-    #[error("{context}: {source}")]
-    Standby {
-        context: String,
-        #[source]
-        source: PgError,
-    },
+    #[error("{context}: {cause}")]
+    Standby { context: String, cause: PgError },
     /// The standby no longer matches the primary: a row to change is not there.
     #[error(
         "{op} on {table} matched no row for {key} on the standby: the standby has diverged from the \
@@ -75,7 +71,7 @@ impl ApplyError {
     /// Whether retrying from the last applied LSN may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            ApplyError::Standby { source, .. } => source.is_transient(),
+            ApplyError::Standby { cause, .. } => cause.is_transient(),
             ApplyError::Diverged { .. } | ApplyError::Stream(_) => false,
         }
     }
@@ -83,7 +79,7 @@ impl ApplyError {
     fn standby(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
         ApplyError::Standby {
             context: context.into(),
-            source: PgError::from(err),
+            cause: PgError::from(err),
         }
     }
 }
@@ -164,6 +160,8 @@ pub struct Applier {
     batch_txns: usize,
     batch_rows: usize,
     batch_end: Lsn,
+    /// The last source transaction of the open standby transaction.
+    batch_last: Option<(Commit, Xid)>,
     last_idle_write: Instant,
     stats: ApplyStats,
 }
@@ -174,7 +172,8 @@ impl Applier {
         client
             .batch_execute(
                 "SET session_replication_role = replica; SET datestyle = ISO; \
-                 SET intervalstyle = postgres; SET timezone = UTC; SET extra_float_digits = 3",
+                 SET intervalstyle = postgres; SET timezone = UTC; SET extra_float_digits = 3; \
+                 SET plan_cache_mode = force_generic_plan",
             )
             .await
             .map_err(|e| {
@@ -218,6 +217,7 @@ impl Applier {
             batch_txns: 0,
             batch_rows: 0,
             batch_end: applied,
+            batch_last: None,
             last_idle_write: Instant::now() - Duration::from_secs(60),
             stats: ApplyStats::default(),
         })
@@ -332,14 +332,8 @@ impl Applier {
             self.stats.skipped_transactions += 1;
             return Ok(None);
         }
-        let params = vec![
-            text(c.end_lsn.to_string()),
-            text(c.commit_lsn.to_string()),
-            text(pg_time_to_unix_micros(c.commit_time).to_string()),
-            text(begin.xid.0.to_string()),
-        ];
-        self.push(self.progress.clone(), params, None).await?;
         self.batch_end = c.end_lsn;
+        self.batch_last = Some((c, begin.xid));
         self.batch_txns += 1;
         self.stats.transactions += 1;
         let hold = more_waiting
@@ -356,6 +350,17 @@ impl Applier {
         if !self.open {
             return Ok(None);
         }
+        // One progress row per standby transaction, naming the last source transaction in it:
+        // it commits atomically with every change of the batch.
+        if let Some((c, xid)) = self.batch_last.take() {
+            let params = vec![
+                text(c.end_lsn.to_string()),
+                text(c.commit_lsn.to_string()),
+                text(pg_time_to_unix_micros(c.commit_time).to_string()),
+                text(xid.0.to_string()),
+            ];
+            self.push(self.progress.clone(), params, None).await?;
+        }
         self.push(self.commit.clone(), Vec::new(), None).await?;
         self.flush().await?;
         self.open = false;
@@ -368,6 +373,7 @@ impl Applier {
 
     async fn rollback(&mut self) {
         self.pending.clear();
+        self.batch_last = None;
         if self.open {
             let _ = self.client.batch_execute("ROLLBACK").await;
         }
@@ -511,19 +517,20 @@ impl Applier {
         let table = relation.display_name();
         // A prepare is a round trip of its own: results queued before it must not be reordered.
         self.flush().await?;
-        let prepared = self.client.prepare(&sql).await.map_err(|e| {
-            let hint = match e.code().map(|c| c.code()) {
-                Some("42P01") | Some("42703") | Some("42804") => {
-                    "; the standby's schema differs from the primary's: apply the same schema \
-                     change on the standby, then run follow again"
-                }
-                _ => "",
-            };
-            ApplyError::standby(
-                format!("while preparing the statement for {table}{hint}"),
-                e,
-            )
-        })?;
+        let prepared =
+            self.client
+                .prepare(&sql)
+                .await
+                .map_err(|e| match e.code().map(|c| c.code()) {
+                    Some("42P01") | Some("42703") | Some("42804") => ApplyError::Stream(format!(
+                    "the standby's table {table} does not match the primary's: {}; apply the same \
+                     schema change on the standby, then run follow again",
+                    PgError::from(e)
+                )),
+                    _ => {
+                        ApplyError::standby(format!("while preparing the statement for {table}"), e)
+                    }
+                })?;
         self.statements.insert((rel, shape), prepared.clone());
         Ok(prepared)
     }
@@ -611,46 +618,37 @@ impl Applier {
 }
 
 /// Execute `pending` pipelined: every request is sent (in order) before the first result is
-/// awaited. tokio-postgres sends a request when its future is first polled, so the futures are
-/// polled strictly in order.
+/// awaited. tokio-postgres writes a request when its future is first polled, so each future is
+/// polled once, strictly in order; the results, which arrive in the same order, are then awaited
+/// one after another.
 async fn run_in_order(
     client: &Client,
     pending: &[Pending],
 ) -> Vec<Result<u64, tokio_postgres::Error>> {
     type Exec<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
-    let mut futures: Vec<Option<Exec<'_>>> = pending
+    let mut futures: Vec<Exec<'_>> = pending
         .iter()
-        .map(|p| {
-            let fut: Exec<'_> = Box::pin(client.execute_raw(&p.statement, p.params.iter()));
-            Some(fut)
-        })
+        .map(|p| -> Exec<'_> { Box::pin(client.execute_raw(&p.statement, p.params.iter())) })
         .collect();
-    let mut results: Vec<Option<Result<u64, tokio_postgres::Error>>> =
-        (0..pending.len()).map(|_| None).collect();
+    let mut early: Vec<Option<Result<u64, tokio_postgres::Error>>> =
+        (0..futures.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {
-        let mut all_done = true;
-        for (slot, result) in futures.iter_mut().zip(results.iter_mut()) {
-            if let Some(fut) = slot {
-                match fut.as_mut().poll(cx) {
-                    Poll::Ready(r) => {
-                        *result = Some(r);
-                        *slot = None;
-                    }
-                    Poll::Pending => all_done = false,
-                }
+        for (fut, slot) in futures.iter_mut().zip(early.iter_mut()) {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                *slot = Some(r);
             }
         }
-        if all_done {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        Poll::Ready(())
     })
     .await;
+    let mut results = Vec::with_capacity(futures.len());
+    for (fut, slot) in futures.into_iter().zip(early) {
+        results.push(match slot {
+            Some(r) => r,
+            None => fut.await,
+        });
+    }
     results
-        .into_iter()
-        .map(|r| r.expect("every future completed"))
-        .collect()
 }
 
 fn text(s: String) -> Param {

@@ -89,6 +89,22 @@ pub enum Command {
         #[command(flatten)]
         pair: Pair,
     },
+    /// Measure initial copy and catch-up against pg_dump/pg_restore and native logical
+    /// replication, side by side on throwaway clusters; prints a Markdown report.
+    Bench {
+        /// Rows in the bulk table copied at bootstrap.
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: i64,
+        /// NMS transactions in the catch-up backlog.
+        #[arg(long, default_value_t = 20_000)]
+        transactions: i64,
+        /// Parallel jobs for every copying tool (default: number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Also write the report to this file.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
     /// Run a local primary/standby pair on throwaway clusters with an example NMS workload.
     Demo {
         /// Seconds of workload.
@@ -184,6 +200,31 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 );
                 Ok(1)
             }
+        }
+        Command::Bench {
+            rows,
+            transactions,
+            jobs,
+            report,
+        } => {
+            anyhow::ensure!(
+                rows >= 1 && transactions >= 1,
+                "--rows and --transactions must be at least 1"
+            );
+            let options = crate::bench::BenchOptions {
+                rows,
+                transactions,
+                jobs: jobs
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+                    .max(1),
+            };
+            let text = crate::bench::run(&options).await?;
+            println!("{text}");
+            if let Some(path) = report {
+                std::fs::write(&path, &text)
+                    .with_context(|| format!("while writing {}", path.display()))?;
+            }
+            Ok(0)
         }
         Command::Demo { duration } => {
             crate::demo::run(Duration::from_secs(duration), stop_rx).await?;

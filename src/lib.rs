@@ -14,9 +14,11 @@
 //! * [`follow`] runs the stream: source, decode, apply, acknowledgements.
 //! * [`state`] is understudy's own schema on the standby.
 //! * [`status`] and [`check`] report lag and compare the two databases.
-//! * [`cluster`] starts throwaway PostgreSQL clusters for the demo and the tests.
+//! * [`cluster`] starts throwaway PostgreSQL clusters for the demo, the benchmark and the tests.
+//! * [`bench`] measures understudy against pg_dump/pg_restore and native logical replication.
 
 pub mod apply;
+pub mod bench;
 pub mod bootstrap;
 pub mod check;
 pub mod cli;
@@ -29,3 +31,4 @@ pub mod lsn;
 pub mod pg;
 pub mod state;
 pub mod status;
+pub mod translate;

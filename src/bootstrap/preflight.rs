@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
-use crate::ident::{qualified, quote_ident};
+use crate::ident::quote_ident;
 
 /// Everything preflight learned that bootstrap needs later.
 #[derive(Debug, Default)]
@@ -178,12 +178,12 @@ impl Preflight<'_> {
             .primary
             .query(
                 &format!(
-                    "SELECT n.nspname, c.relname, c.relreplident::text FROM pg_class c \
+                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
                      JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE c.oid IN ({}) AND c.relkind = 'r' AND ( c.relreplident = 'n' OR \
                        (c.relreplident = 'd' AND NOT EXISTS \
                          (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
-                     ORDER BY 1, 2",
+                     ORDER BY 1",
                     self.published_oids_sql()
                 ),
                 &[],
@@ -193,10 +193,9 @@ impl Preflight<'_> {
         Ok(rows
             .iter()
             .map(|r| {
-                let (schema, table): (String, String) = (r.get(0), r.get(1));
-                let name = qualified(&schema, &table);
+                let name: String = r.get(0);
                 format!(
-                    "table {schema}.{table} has no primary key and no replica identity, so its \
+                    "table {name} has no primary key and no replica identity, so its \
                      UPDATEs and DELETEs cannot be replicated; run ALTER TABLE {name} REPLICA \
                      IDENTITY FULL (or add a primary key) on the primary"
                 )

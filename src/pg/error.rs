@@ -343,15 +343,10 @@ fn connect_failure(
 }
 
 impl std::error::Error for PgError {
+    /// None: every kind's message already includes its cause, and error chains printed with
+    /// `{:#}` must not say it twice.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &*self.kind {
-            Kind::Connect { source, .. } => Some(source),
-            Kind::Io(e) => Some(e),
-            Kind::Tls { source, .. } => Some(source),
-            Kind::Config(e) => Some(e),
-            Kind::Client(e) => Some(e),
-            _ => None,
-        }
+        None
     }
 }
 

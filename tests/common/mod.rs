@@ -184,3 +184,117 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Child processes, positions and peak memory (crash and big-transaction tests).
+
+/// What a child process run to completion by [`wait_with_peak_rss`] left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// The exit code, or `None` when a signal ended it.
+    pub code: Option<i32>,
+    /// The signal that ended it, if any.
+    pub signal: Option<i32>,
+    /// Peak resident set size of the child, KiB (`ru_maxrss` from `wait4`).
+    pub peak_rss_kib: i64,
+}
+
+impl Pair {
+    /// The understudy binary with `args`, then --primary/--standby; not started yet.
+    pub fn understudy_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_understudy"));
+        cmd.args(args)
+            .arg("--primary")
+            .arg(self.primary_dsn())
+            .arg("--standby")
+            .arg(self.standby_dsn());
+        cmd
+    }
+
+    /// `understudy.progress.applied_lsn` on the standby.
+    pub async fn applied_lsn(&self) -> understudy::lsn::Lsn {
+        let text: String = self
+            .standby_client()
+            .await
+            .query_one(
+                "SELECT applied_lsn::text FROM understudy.progress WHERE id = 1",
+                &[],
+            )
+            .await
+            .expect("read understudy.progress on the standby")
+            .get(0);
+        text.parse().expect("applied_lsn parses")
+    }
+
+    /// The replication slot the standby was bootstrapped from, as recorded on the standby.
+    pub async fn slot_name(&self) -> String {
+        self.standby_client()
+            .await
+            .query_one("SELECT slot_name FROM understudy.source WHERE id = 1", &[])
+            .await
+            .expect("read understudy.source on the standby")
+            .get(0)
+    }
+
+    /// The slot's `confirmed_flush_lsn` on the primary (`None` while it has none).
+    pub async fn slot_confirmed_flush(&self) -> Option<understudy::lsn::Lsn> {
+        let slot = self.slot_name().await;
+        let text: Option<String> = self
+            .primary_client()
+            .await
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .expect("the slot exists on the primary")
+            .get(0);
+        text.map(|t| t.parse().expect("confirmed_flush_lsn parses"))
+    }
+}
+
+/// Wait for `child` (not yet waited for) with `wait4`, polling until `timeout`; on timeout the
+/// child is killed and the call panics with `what`. Returns its exit status and peak RSS.
+pub fn wait_with_peak_rss(child: std::process::Child, timeout: Duration, what: &str) -> Finished {
+    let pid = child.id() as libc::pid_t;
+    // Reaped by wait4 below; dropping a `Child` neither waits nor kills.
+    drop(child);
+    let start = Instant::now();
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: rusage is plain old data; wait4 fills it in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our own unreaped child; status and usage point to live locals.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(
+            r >= 0,
+            "wait4({pid}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+        if r == pid {
+            let exited = libc::WIFEXITED(status);
+            let signaled = libc::WIFSIGNALED(status);
+            return Finished {
+                code: exited.then(|| libc::WEXITSTATUS(status)),
+                signal: signaled.then(|| libc::WTERMSIG(status)),
+                peak_rss_kib: usage.ru_maxrss,
+            };
+        }
+        if start.elapsed() > timeout {
+            // SAFETY: pid is our own unreaped child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `n` lines of a log file, for failure messages.
+pub fn file_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
