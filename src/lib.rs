@@ -27,6 +27,7 @@ pub mod decode;
 pub mod demo;
 pub mod follow;
 pub mod ident;
+pub mod journal;
 pub mod lsn;
 pub mod pg;
 pub mod state;
