@@ -15,16 +15,14 @@
 //! primary already ran them). Setting it needs a superuser or, on PostgreSQL 15, a role granted
 //! `SET` on that parameter (`GRANT SET ON PARAMETER session_replication_role TO …`).
 
+mod pipeline;
 mod statement;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+use bytes::Bytes;
 use tokio_postgres::{Client, Statement};
 
 use crate::decode::{
@@ -34,6 +32,7 @@ use crate::decode::{
 use crate::ident::quote_ident;
 use crate::lsn::Lsn;
 use crate::pg::PgError;
+use pipeline::{Expect, Failed, Param, Pipeline};
 use statement::{SetColumns, Shape};
 
 /// Statements sent ahead before waiting for their results.
@@ -84,55 +83,6 @@ impl ApplyError {
     }
 }
 
-/// A value sent to the standby in PostgreSQL's text form; the server parses it for the column.
-#[derive(Clone, Debug)]
-enum Param {
-    Null,
-    Text(Bytes),
-}
-
-impl ToSql for Param {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self {
-            Param::Null => Ok(IsNull::Yes),
-            Param::Text(b) => {
-                out.extend_from_slice(b);
-                Ok(IsNull::No)
-            }
-        }
-    }
-
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-
-    fn encode_format(&self, _ty: &Type) -> Format {
-        Format::Text
-    }
-
-    to_sql_checked!();
-}
-
-/// A statement waiting in the pipeline, and what its row count must be.
-struct Pending {
-    statement: Statement,
-    params: Vec<Param>,
-    expect_one: Option<Expect>,
-}
-
-/// An UPDATE or DELETE must change exactly one row; its identity values start at `key_from`.
-#[derive(Clone, Copy)]
-struct Expect {
-    op: &'static str,
-    rel: RelId,
-    full: bool,
-    key_from: usize,
-}
-
 /// What the dispatcher has done, for status and logs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ApplyStats {
@@ -144,13 +94,13 @@ pub struct ApplyStats {
 
 /// The dispatcher's apply session on the standby.
 pub struct Applier {
-    client: Client,
+    client: Arc<Client>,
+    pipeline: Pipeline,
     relations: RelationCache,
     statements: HashMap<(RelId, Shape), Statement>,
     begin: Statement,
     commit: Statement,
     progress: Statement,
-    pending: Vec<Pending>,
     applied: Lsn,
     /// The source transaction in progress: its Begin, and whether it is skipped.
     current: Option<(Begin, bool)>,
@@ -202,14 +152,15 @@ impl Applier {
              last_xid = $4::text::bigint, updated_at = now() WHERE id = 1",
         )
         .await?;
+        let client = Arc::new(client);
         Ok(Applier {
+            pipeline: Pipeline::new(client.clone(), PIPELINE_DEPTH),
             client,
             relations: RelationCache::default(),
             statements: HashMap::new(),
             begin,
             commit,
             progress,
-            pending: Vec::with_capacity(PIPELINE_DEPTH),
             applied,
             current: None,
             open: false,
@@ -267,7 +218,6 @@ impl Applier {
             }
             Message::Commit(c) => self.commit(c, more_waiting).await,
             Message::Relation(r) => {
-                self.flush().await?;
                 let id = r.id;
                 let same = self.relations.get(id).is_some_and(|old| *old == r);
                 if !same {
@@ -372,7 +322,7 @@ impl Applier {
     }
 
     async fn rollback(&mut self) {
-        self.pending.clear();
+        self.pipeline.clear();
         self.batch_last = None;
         if self.open {
             let _ = self.client.batch_execute("ROLLBACK").await;
@@ -515,7 +465,7 @@ impl Applier {
         let relation = self.relation(rel)?;
         let sql = statement::build(relation, &shape);
         let table = relation.display_name();
-        // A prepare is a round trip of its own: results queued before it must not be reordered.
+        // Settle what is in flight first, so a failure there is reported as itself.
         self.flush().await?;
         let prepared =
             self.client
@@ -523,7 +473,7 @@ impl Applier {
                 .await
                 .map_err(|e| match e.code().map(|c| c.code()) {
                     Some("42P01") | Some("42703") | Some("42804") => ApplyError::Stream(format!(
-                    "the standby's table {table} does not match the primary's: {}; apply the same \
+                    "the standby's table {table} does not match the primary's (the schema differs): {}; apply the same \
                      schema change on the standby, then run follow again",
                     PgError::from(e)
                 )),
@@ -552,15 +502,27 @@ impl Applier {
         params: Vec<Param>,
         expect_one: Option<Expect>,
     ) -> Result<(), ApplyError> {
-        self.pending.push(Pending {
-            statement,
-            params,
-            expect_one,
-        });
-        if self.pending.len() >= PIPELINE_DEPTH {
-            self.flush().await?;
+        match self.pipeline.send(statement, params, expect_one).await {
+            Ok(()) => Ok(()),
+            Err(failed) => Err(self.failed(failed).await),
         }
-        Ok(())
+    }
+
+    /// Wait for every statement in flight. On any failure the standby transaction is rolled back.
+    async fn flush(&mut self) -> Result<(), ApplyError> {
+        match self.pipeline.drain().await {
+            Ok(()) => Ok(()),
+            Err(failed) => Err(self.failed(failed).await),
+        }
+    }
+
+    async fn failed(&mut self, failed: Failed) -> ApplyError {
+        let error = match failed {
+            Failed::Db(e) => ApplyError::standby("while applying a change", e),
+            Failed::NoRow(expect, params) => self.diverged(expect, &params),
+        };
+        self.rollback().await;
+        error
     }
 
     fn diverged(&self, expect: Expect, params: &[Param]) -> ApplyError {
@@ -581,74 +543,6 @@ impl Applier {
             key,
         }
     }
-
-    /// Send every pending statement, in order, without waiting between them; then collect the
-    /// results in order. On any failure the standby transaction is rolled back.
-    async fn flush(&mut self) -> Result<(), ApplyError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let results = run_in_order(&self.client, &self.pending).await;
-        let mut failure = None;
-        for (p, result) in self.pending.iter().zip(results) {
-            match result {
-                Ok(n) => {
-                    if let (Some(expect), None) = (p.expect_one, &failure) {
-                        if n == 0 {
-                            failure = Some(self.diverged(expect, &p.params));
-                        }
-                    }
-                }
-                Err(e) => {
-                    if failure.is_none() {
-                        failure = Some(ApplyError::standby("while applying a change", e));
-                    }
-                }
-            }
-        }
-        self.pending.clear();
-        match failure {
-            None => Ok(()),
-            Some(e) => {
-                self.rollback().await;
-                Err(e)
-            }
-        }
-    }
-}
-
-/// Execute `pending` pipelined: every request is sent (in order) before the first result is
-/// awaited. tokio-postgres writes a request when its future is first polled, so each future is
-/// polled once, strictly in order; the results, which arrive in the same order, are then awaited
-/// one after another.
-async fn run_in_order(
-    client: &Client,
-    pending: &[Pending],
-) -> Vec<Result<u64, tokio_postgres::Error>> {
-    type Exec<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
-    let mut futures: Vec<Exec<'_>> = pending
-        .iter()
-        .map(|p| -> Exec<'_> { Box::pin(client.execute_raw(&p.statement, p.params.iter())) })
-        .collect();
-    let mut early: Vec<Option<Result<u64, tokio_postgres::Error>>> =
-        (0..futures.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        for (fut, slot) in futures.iter_mut().zip(early.iter_mut()) {
-            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-                *slot = Some(r);
-            }
-        }
-        Poll::Ready(())
-    })
-    .await;
-    let mut results = Vec::with_capacity(futures.len());
-    for (fut, slot) in futures.into_iter().zip(early) {
-        results.push(match slot {
-            Some(r) => r,
-            None => fut.await,
-        });
-    }
-    results
 }
 
 fn text(s: String) -> Param {
