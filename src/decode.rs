@@ -175,7 +175,7 @@ impl Relation {
 
     /// The SQL name, each part quoted: `"schema"."table"`.
     pub fn qualified_name(&self) -> String {
-        format!("{}.{}", quote_ident(self.schema()), quote_ident(&self.name))
+        crate::ident::qualified(self.schema(), &self.name)
     }
 
     /// The unquoted `schema.table`, for messages to people.
@@ -184,20 +184,6 @@ impl Relation {
     }
 }
 
-/// Quotes an SQL identifier: wraps it in double quotes and doubles the ones inside, so any name
-/// (upper case, spaces, reserved words, quotes) means exactly itself.
-fn quote_ident(name: &str) -> String {
-    let mut quoted = String::with_capacity(name.len() + 2);
-    quoted.push('"');
-    for c in name.chars() {
-        if c == '"' {
-            quoted.push('"');
-        }
-        quoted.push(c);
-    }
-    quoted.push('"');
-    quoted
-}
 
 /// `pg_class.relreplident`: which old values UPDATE and DELETE carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -309,8 +309,8 @@ fn qualified_name_quotes_every_part() {
         assert_eq!(r.qualified_name(), quoted);
         assert_eq!(r.display_name(), display);
     }
-    assert_eq!(quote_ident(""), r#""""#);
-    assert_eq!(quote_ident("\""), r#""""""#);
+    assert_eq!(crate::ident::quote_ident(""), r#""""#);
+    assert_eq!(crate::ident::quote_ident("\""), r#""""""#);
 }
 
 #[test]
