@@ -30,6 +30,7 @@ pub mod ident;
 pub mod journal;
 pub mod lsn;
 pub mod pg;
+pub mod role;
 pub mod state;
 pub mod status;
 pub mod translate;
