@@ -329,7 +329,12 @@ async fn clean_standby(standby: &Client) -> Result<()> {
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("understudy-bootstrap-{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "understudy-bootstrap-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).with_context(|| format!("while creating {}", dir.display()))?;
     Ok(dir)
 }

@@ -1,5 +1,6 @@
 //! The command line: parses arguments, wires the library together, reports results.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -7,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 
 use crate::bootstrap::{self, BootstrapOptions};
-use crate::follow::{self, FollowOptions, StopAt};
+use crate::follow::{self, Ack, FollowOptions, JournalFollow, StopAt};
 use crate::lsn::Lsn;
 use crate::pg::conninfo::ConnInfo;
 
@@ -37,6 +38,76 @@ impl Pair {
         let s = ConnInfo::parse(&self.standby).context("--standby")?;
         Ok((p, s))
     }
+}
+
+/// Where and how `follow` journals the stream.
+#[derive(Args, Debug, Clone)]
+pub struct JournalArgs {
+    /// Journal directory: the stream is made durable here before it is applied, so the primary's
+    /// slot keeps advancing while the standby database is down, and the apply catches up from
+    /// here when it returns.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+    /// What the flush position acknowledged to the primary stands for: `journal` (fsynced in the
+    /// journal; the default with --journal) or `applied` (committed on the standby; the only
+    /// choice without a journal).
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub ack: Option<AckArg>,
+    /// Journal size limit, in bytes (K, M, G suffixes are powers of 1024): when it holds this
+    /// much and the standby has not applied it, follow stops reading the stream (the primary then
+    /// retains WAL) until retention frees space. Default 1G.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "journal")]
+    pub journal_max_bytes: Option<u64>,
+}
+
+/// `--ack`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckArg {
+    Journal,
+    Applied,
+}
+
+impl JournalArgs {
+    fn options(&self) -> Result<Option<JournalFollow>> {
+        let Some(dir) = &self.journal else {
+            anyhow::ensure!(
+                self.ack != Some(AckArg::Journal),
+                "--ack journal needs a journal: add --journal DIR, or use --ack applied"
+            );
+            return Ok(None);
+        };
+        let mut journal = JournalFollow::new(dir);
+        journal.ack = match self.ack {
+            None | Some(AckArg::Journal) => Ack::Journal,
+            Some(AckArg::Applied) => Ack::Applied,
+        };
+        if let Some(max) = self.journal_max_bytes {
+            anyhow::ensure!(
+                max >= 64 * 1024,
+                "--journal-max-bytes {max} is too small: give at least 64K"
+            );
+            journal.max_bytes = max;
+        }
+        Ok(Some(journal))
+    }
+}
+
+/// `1073741824`, `512M`, `1GiB`: bytes, with K/M/G (or KiB/MiB/GiB, KB/MB/GB) as powers of 1024.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || format!("'{text}' is not a size: give bytes, such as 1073741824, 512M or 1G");
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,6 +145,8 @@ pub enum Command {
         /// Seconds between sequence updates on the standby.
         #[arg(long, default_value_t = 10)]
         sequence_interval: u64,
+        #[command(flatten)]
+        journal: JournalArgs,
     },
     /// Show the slot, the applied position and the lag.
     Status {
@@ -82,6 +155,9 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Also show this follow journal's size, oldest and durable positions.
+        #[arg(long, value_name = "DIR")]
+        journal: Option<PathBuf>,
     },
     /// Compare every replicated table and sequence (run while writes are quiet); exit 1 on any
     /// difference.
@@ -153,9 +229,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
             until_caught_up,
             application_name,
             sequence_interval,
+            journal,
         } => {
             let (p, s) = pair.parse()?;
             let mut options = FollowOptions::new(p, s);
+            options.journal = journal.options()?;
             options.stop_at = match (stop_at_lsn, until_caught_up) {
                 (Some(l), _) => StopAt::Lsn(l),
                 (None, true) => StopAt::CaughtUp,
@@ -170,9 +248,30 @@ pub async fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Status { pair, json } => {
+        Command::Status {
+            pair,
+            json,
+            journal,
+        } => {
             let (p, s) = pair.parse()?;
-            let status = crate::status::read(&p, &s).await?;
+            let journal = journal
+                .map(|dir| crate::status::read_journal(&dir))
+                .transpose()?;
+            let mut status = match crate::status::read(&p, &s).await {
+                Ok(status) => status,
+                Err(e) => {
+                    // The journal matters most when a database is down: show it anyway.
+                    if let Some(j) = journal {
+                        if json {
+                            println!("{}", serde_json::json!({ "journal": j }));
+                        } else {
+                            println!("{j}");
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            status.journal = journal;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -230,5 +329,44 @@ pub async fn run(cli: Cli) -> Result<i32> {
             crate::demo::run(Duration::from_secs(duration), stop_rx).await?;
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_bytes("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+        for bad in ["", "M", "1.5G", "12X", "99999999999T"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn ack_journal_needs_a_journal() {
+        let args = |journal: Option<&str>, ack| JournalArgs {
+            journal: journal.map(PathBuf::from),
+            ack,
+            journal_max_bytes: None,
+        };
+        assert!(args(None, Some(AckArg::Journal)).options().is_err());
+        assert!(args(None, Some(AckArg::Applied))
+            .options()
+            .unwrap()
+            .is_none());
+        assert!(args(None, None).options().unwrap().is_none());
+        let j = args(Some("/j"), None).options().unwrap().unwrap();
+        assert_eq!(j.ack, Ack::Journal);
+        assert_eq!(j.max_bytes, follow::DEFAULT_JOURNAL_MAX_BYTES);
+        let j = args(Some("/j"), Some(AckArg::Applied))
+            .options()
+            .unwrap()
+            .unwrap();
+        assert_eq!(j.ack, Ack::Applied);
     }
 }

@@ -1,6 +1,7 @@
 //! `understudy follow`: stream the primary's changes into the standby, for ever or up to an LSN.
 //!
-//! Two tasks joined by a bounded channel (its capacity is the backpressure):
+//! Without a journal (`source`), two tasks joined by a bounded channel (its capacity is the
+//! backpressure):
 //! * the **source** owns the replication connection: it reads XLogData and keepalives, decodes
 //!   pgoutput, queues messages for the dispatcher, and sends status updates;
 //! * the **dispatcher** ([`crate::apply::Applier`]) applies them to the standby and publishes the
@@ -15,21 +16,38 @@
 //!
 //! Failures: transient ones (connection lost, primary restarting, slot busy) are retried with
 //! backoff from the standby's recorded LSN; definite ones stop with what to do.
+//!
+//! With a journal (`--journal DIR`, [`JournalFollow`]), the stream goes to the durable journal
+//! first and the dispatcher applies from there, so the primary's slot can advance while the
+//! standby database is down: see `journaled` for the tasks, their failure handling and the
+//! acknowledgement rules ([`Ack`]).
 //! See <https://www.postgresql.org/docs/15/protocol-replication.html>.
 
+mod dispatch;
+mod journaled;
+mod report;
 mod sequences;
 mod source;
+mod stream;
+mod writer;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::watch;
 
+use crate::journal::JournalHandle;
 use crate::lsn::Lsn;
 use crate::pg::conninfo::ConnInfo;
 use crate::state::{self, SourceState};
 
+pub use report::{JournalReport, REPORT_FILE};
 pub use sequences::sync_sequences;
+
+/// Default for [`JournalFollow::max_bytes`]: 1 GiB.
+pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 1 << 30;
 
 /// When `follow` stops by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +72,61 @@ pub struct FollowOptions {
     pub sequence_interval: Duration,
     /// Give up after this many consecutive transient failures (`None`: never).
     pub max_retries: Option<u32>,
+    /// Stream through a durable journal (`None`: straight into the standby, acknowledging what
+    /// it applied).
+    pub journal: Option<JournalFollow>,
+}
+
+/// What the flush position acknowledged to the primary stands for (guarantee 4: never more than
+/// is durable on our side).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// Durable in the journal or applied on the standby, whichever is further: the slot advances
+    /// while the standby database is down.
+    Journal,
+    /// Applied and committed on the standby, as without a journal.
+    Applied,
+}
+
+/// Following through a durable journal.
+#[derive(Clone)]
+pub struct JournalFollow {
+    pub dir: PathBuf,
+    pub ack: Ack,
+    /// When the journal reaches this size with unapplied transactions in it, follow stops reading
+    /// the stream (and so stops acknowledging more) until retention frees space.
+    pub max_bytes: u64,
+    /// Other consumers' cursors (the sinks': the minimum of them): retention keeps every
+    /// transaction from the lower of this and the applied position. `None`: applied alone.
+    pub keep_from: Option<watch::Receiver<Lsn>>,
+    /// Gets the open journal's handle, for readers in the same process (sinks, the message
+    /// stream); `None` while it is closed (before it opens, after follow stops, and between a
+    /// journal failure and its reopening).
+    pub handle: Option<Arc<watch::Sender<Option<JournalHandle>>>>,
+}
+
+impl JournalFollow {
+    pub fn new(dir: impl Into<PathBuf>) -> JournalFollow {
+        JournalFollow {
+            dir: dir.into(),
+            ack: Ack::Journal,
+            max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
+            keep_from: None,
+            handle: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for JournalFollow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalFollow")
+            .field("dir", &self.dir)
+            .field("ack", &self.ack)
+            .field("max_bytes", &self.max_bytes)
+            .field("keep_from", &self.keep_from)
+            .field("handle", &self.handle.is_some())
+            .finish()
+    }
 }
 
 impl FollowOptions {
@@ -65,6 +138,7 @@ impl FollowOptions {
             application_name: "understudy".to_string(),
             sequence_interval: Duration::from_secs(10),
             max_retries: None,
+            journal: None,
         }
     }
 }
@@ -76,6 +150,20 @@ pub struct FollowProgress {
     pub received: Lsn,
     pub transactions: u64,
     pub rows: u64,
+    /// The journal's state, when following through one.
+    pub journal: Option<JournalProgress>,
+}
+
+/// The journal as the follower last saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalProgress {
+    /// Every transaction committing before this LSN is fsynced in the journal.
+    pub durable: Lsn,
+    /// The journal holds every transaction committing at or after this LSN.
+    pub oldest: Lsn,
+    pub size_bytes: u64,
+    /// Reading from the primary is paused until retention frees space.
+    pub full: bool,
 }
 
 /// How a follow run ended.
@@ -121,7 +209,10 @@ pub async fn follow(
         rows: 0,
     };
     loop {
-        let run = source::run(options, target, &mut shutdown, &progress).await;
+        let run = match &options.journal {
+            None => source::run(options, target, &mut shutdown, &progress).await,
+            Some(journal) => journaled::run(options, journal, target, &shutdown, &progress).await,
+        };
         match run {
             Ok(summary) => {
                 totals.applied = summary.applied;
@@ -141,8 +232,13 @@ pub async fn follow(
                     return Err(e.context(format!("gave up after {failures} attempts")));
                 }
                 let wait = backoff(failures);
+                let from = if options.journal.is_some() {
+                    "the journal and the standby's applied position"
+                } else {
+                    "the standby's last applied position"
+                };
                 tracing::warn!(
-                    "{:#}; retrying in {:.1} s from the standby's last applied position",
+                    "{:#}; retrying in {:.1} s from {from}",
                     e,
                     wait.as_secs_f64()
                 );

@@ -34,6 +34,7 @@ pub struct Source {
     pub consistent_point: Lsn,
     pub state: SourceState,
     pub started_at: String,
+    pub finished_at: Option<String>,
 }
 
 /// The `understudy.progress` row.
@@ -61,7 +62,7 @@ pub async fn read_source(client: &Client) -> Result<Option<Source>> {
     let row = client
         .query_opt(
             "SELECT primary_system_id, primary_timeline, primary_dbname, slot_name, publication, \
-                    consistent_point::text, state, started_at::text \
+                    consistent_point::text, state, started_at::text, finished_at::text \
              FROM understudy.source WHERE id = 1",
             &[],
         )
@@ -83,6 +84,7 @@ pub async fn read_source(client: &Client) -> Result<Option<Source>> {
             SourceState::Copying
         },
         started_at: row.get(7),
+        finished_at: row.get(8),
     }))
 }
 

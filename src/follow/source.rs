@@ -12,12 +12,13 @@ use crate::decode::{self, Message};
 use crate::lsn::Lsn;
 use crate::pg::replication::{ReplicationConnection, ReplicationMessage};
 use crate::pg::PgError;
+use crate::state;
 
 /// Messages queued between the source and the dispatcher; the bound is the backpressure, and
 /// with it the memory a huge transaction can take.
-const CHANNEL_CAPACITY: usize = 4096;
+pub(super) const CHANNEL_CAPACITY: usize = 4096;
 /// Status updates go out at least this often (well under any sane `wal_sender_timeout / 2`).
-const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Advisory lock key held by the one applier of a standby database.
 const APPLY_LOCK: (i32, i32) = (0x756e_6465, 1);
 
@@ -27,7 +28,7 @@ enum Item {
     Idle(Lsn, bool),
 }
 
-fn pg(context: &str, e: PgError) -> Failure {
+pub(super) fn pg(context: &str, e: PgError) -> Failure {
     let transient = e.is_transient();
     let e = anyhow::Error::new(e).context(context.to_string());
     if transient {
@@ -37,7 +38,7 @@ fn pg(context: &str, e: PgError) -> Failure {
     }
 }
 
-fn apply_failure(e: ApplyError) -> Failure {
+pub(super) fn apply_failure(e: ApplyError) -> Failure {
     if e.is_transient() {
         Failure::Transient(e.into())
     } else {
@@ -57,20 +58,7 @@ pub(super) async fn run(
         .await
         .map_err(|e| pg("while connecting to the standby", e))?;
     let (source, applied) = standby_start(&standby, &options.standby).await?;
-    let locked: bool = standby
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
-            &[&APPLY_LOCK.0, &APPLY_LOCK.1],
-        )
-        .await
-        .map_err(|e| pg("while taking the apply lock on the standby", e.into()))?
-        .get(0);
-    if !locked {
-        return Err(Failure::Transient(anyhow!(
-            "another understudy follow is applying to {}; waiting for it to stop",
-            options.standby.redacted()
-        )));
-    }
+    take_apply_lock(&standby, options).await?;
     progress.send_modify(|p| p.applied = applied);
     let done = FollowSummary {
         applied,
@@ -81,32 +69,14 @@ pub(super) async fn run(
         return Ok(done);
     }
 
-    check_slot(options, &source.slot_name, applied).await?;
-    let mut repl = ReplicationConnection::connect(&options.primary, &options.application_name)
-        .await
-        .map_err(|e| pg("while opening the replication connection to the primary", e))?;
-    let system = repl
-        .identify_system()
-        .await
-        .map_err(|e| pg("while identifying the primary", e))?;
-    if system.system_id != source.primary_system_id {
-        return Err(Failure::definite(anyhow!(
-            "{} is not the primary this standby was copied from (system identifier {} there, {} \
-             recorded at bootstrap): point --primary at the right server, or run `understudy \
-             bootstrap --force` to copy from this one",
-            options.primary.redacted(),
-            system.system_id,
-            source.primary_system_id
-        )));
-    }
-    let plugin_options = [
-        ("proto_version", "1"),
-        ("publication_names", source.publication.as_str()),
-        ("messages", "true"),
-    ];
-    repl.start_logical(&source.slot_name, applied, &plugin_options)
-        .await
-        .map_err(|e| pg("while starting replication", e))?;
+    check_slot(
+        options,
+        &source.slot_name,
+        applied,
+        "the standby's applied position",
+    )
+    .await?;
+    let repl = open_stream(options, &source, applied, true).await?;
     tracing::info!(slot = %source.slot_name, start = %applied, "streaming from the primary");
 
     let applier = Applier::new(standby, applied)
@@ -155,9 +125,94 @@ pub(super) async fn run(
     })
 }
 
+/// Take the advisory lock that makes this session the one applier of the standby database.
+pub(super) async fn take_apply_lock(
+    standby: &tokio_postgres::Client,
+    options: &FollowOptions,
+) -> Result<(), Failure> {
+    let locked: bool = standby
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&APPLY_LOCK.0, &APPLY_LOCK.1],
+        )
+        .await
+        .map_err(|e| pg("while taking the apply lock on the standby", e.into()))?
+        .get(0);
+    if !locked {
+        return Err(Failure::Transient(anyhow!(
+            "another understudy follow is applying to {}; waiting for it to stop",
+            options.standby.redacted()
+        )));
+    }
+    Ok(())
+}
+
+/// Connect for replication, check that the primary is the one the standby was copied from, and
+/// start streaming from `start`. `messages` asks pgoutput for logical decoding messages too.
+pub(super) async fn open_stream(
+    options: &FollowOptions,
+    source: &state::Source,
+    start: Lsn,
+    messages: bool,
+) -> Result<ReplicationConnection, Failure> {
+    let mut repl = ReplicationConnection::connect(&options.primary, &options.application_name)
+        .await
+        .map_err(|e| pg("while opening the replication connection to the primary", e))?;
+    let system = repl
+        .identify_system()
+        .await
+        .map_err(|e| pg("while identifying the primary", e))?;
+    if system.system_id != source.primary_system_id {
+        return Err(Failure::definite(anyhow!(
+            "{} is not the primary this standby was copied from (system identifier {} there, {} \
+             recorded at bootstrap): point --primary at the right server, or run `understudy \
+             bootstrap --force` to copy from this one",
+            options.primary.redacted(),
+            system.system_id,
+            source.primary_system_id
+        )));
+    }
+    let mut plugin_options = vec![
+        ("proto_version", "1"),
+        ("publication_names", source.publication.as_str()),
+    ];
+    if messages {
+        plugin_options.push(("messages", "true"));
+    }
+    repl.start_logical(&source.slot_name, start, &plugin_options)
+        .await
+        .map_err(|e| pg("while starting replication", e))?;
+    Ok(repl)
+}
+
 /// Refuse to stream over a gap: the slot must exist, keep the WAL we need, and not have moved
-/// past what the standby recorded.
-async fn check_slot(options: &FollowOptions, slot: &str, applied: Lsn) -> Result<(), Failure> {
+/// past `resume` (what is durable on our side, described by `resume_is`).
+pub(super) async fn check_slot(
+    options: &FollowOptions,
+    slot: &str,
+    resume: Lsn,
+    resume_is: &str,
+) -> Result<(), Failure> {
+    if let Some(confirmed) = slot_confirmed(options, slot, resume).await? {
+        if confirmed > resume {
+            return Err(Failure::definite(anyhow!(
+                "replication slot {slot} has confirmed {confirmed}, past {resume_is} {resume}: \
+                 the changes in between can no longer be streamed (was the standby restored from \
+                 an older backup, or the slot advanced by hand?); run `understudy bootstrap \
+                 --force`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The slot's `confirmed_flush_lsn`, after checking that the slot exists and has lost no WAL
+/// (`needed` names the position we need, for the error).
+pub(super) async fn slot_confirmed(
+    options: &FollowOptions,
+    slot: &str,
+    needed: Lsn,
+) -> Result<Option<Lsn>, Failure> {
     let primary = options
         .primary
         .connect("understudy")
@@ -174,8 +229,7 @@ async fn check_slot(options: &FollowOptions, slot: &str, applied: Lsn) -> Result
     let Some(row) = row else {
         return Err(Failure::definite(anyhow!(
             "replication slot {slot} does not exist on {}: it was dropped, so the changes since \
-             the standby's last applied LSN {applied} are gone; run `understudy bootstrap --force` \
-             to copy the database again",
+             {needed} are gone; run `understudy bootstrap --force` to copy the database again",
             options.primary.redacted()
         )));
     };
@@ -189,20 +243,12 @@ async fn check_slot(options: &FollowOptions, slot: &str, applied: Lsn) -> Result
             options.primary.redacted()
         )));
     }
-    if let Some(confirmed) = confirmed {
-        let confirmed: Lsn = confirmed
-            .parse()
-            .map_err(|e| Failure::definite(anyhow!("slot {slot}: {e}")))?;
-        if confirmed > applied {
-            return Err(Failure::definite(anyhow!(
-                "replication slot {slot} has confirmed {confirmed}, past the standby's applied \
-                 position {applied}: the changes in between can no longer be streamed (was the \
-                 standby restored from an older backup, or the slot advanced by hand?); run \
-                 `understudy bootstrap --force`"
-            )));
-        }
-    }
-    Ok(())
+    confirmed
+        .map(|c| {
+            c.parse()
+                .map_err(|e| Failure::definite(anyhow!("slot {slot}: {e}")))
+        })
+        .transpose()
 }
 
 async fn dispatch(

@@ -30,6 +30,8 @@ impl JournalHandle {
             next_seq: 0,
             context: Context::default(),
             in_txn: false,
+            carried: std::collections::VecDeque::new(),
+            skipping: false,
         };
         let (seg, start, context_at) = {
             let st = self.shared.lock();
@@ -90,6 +92,11 @@ pub struct JournalReader {
     next_seq: u64,
     context: Context,
     in_txn: bool,
+    /// Relation and Type messages of transactions skipped on the way to `from`: handed out
+    /// inside the next transaction returned, right after its Begin, so a consumer that seeded
+    /// itself from `context()` still learns them.
+    carried: std::collections::VecDeque<JournalMessage>,
+    skipping: bool,
 }
 
 impl JournalReader {
@@ -120,7 +127,10 @@ impl JournalReader {
             };
             self.in_txn = true;
             if begin.final_lsn < self.from {
-                self.finish_txn()?;
+                self.skipping = true;
+                let finished = self.finish_txn();
+                self.skipping = false;
+                finished?;
                 continue;
             }
             return Ok(Some(JournalTxn {
@@ -166,6 +176,9 @@ impl JournalReader {
             _ => {
                 if let Err(e) = self.context.observe(&m) {
                     return Err(self.corrupt(r.offset, &format!("bad Relation/Type: {e}")));
+                }
+                if self.skipping && matches!(m.payload.first(), Some(b'R') | Some(b'Y')) {
+                    self.carried.push_back(m.clone());
                 }
             }
         }
@@ -379,6 +392,9 @@ impl JournalTxn<'_> {
         if let Some(m) = self.first.take() {
             return Ok(Some(m));
         }
+        if let Some(m) = self.reader.carried.pop_front() {
+            return Ok(Some(m));
+        }
         if self.commit.is_some() {
             return Ok(None);
         }
@@ -392,6 +408,11 @@ impl JournalTxn<'_> {
 impl JournalTxn<'_> {
     pub(super) fn reader_buffer_capacity(&self) -> usize {
         self.reader.buffer_capacity()
+    }
+
+    /// Relation/Type messages carried over from skipped transactions, still to be handed out.
+    pub(super) fn carried_len(&self) -> usize {
+        self.reader.carried.len()
     }
 }
 

@@ -148,7 +148,13 @@ pub fn read_all(handle: &JournalHandle, from: Lsn) -> Vec<(Lsn, Vec<JournalMessa
     let mut out = Vec::new();
     while let Some(mut txn) = reader.next_txn().expect("next_txn") {
         let commit_lsn = txn.commit_lsn();
-        let messages: Vec<_> = txn.by_ref().map(|m| m.expect("message")).collect();
+        let begin = txn.next_message().expect("begin").expect("a Begin");
+        // Relations carried over from transactions skipped on the way are not this one's.
+        for _ in 0..txn.carried_len() {
+            txn.next_message().expect("carried").expect("a carried message");
+        }
+        let mut messages = vec![begin];
+        messages.extend(txn.by_ref().map(|m| m.expect("message")));
         assert_eq!(txn.commit().map(|c| c.commit_lsn), Some(commit_lsn));
         out.push((commit_lsn, messages));
     }
