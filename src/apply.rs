@@ -10,6 +10,10 @@
 //! * Memory does not grow with transaction size: at most [`PIPELINE_DEPTH`] statements wait for
 //!   their results at a time.
 //!
+//! [`Applier::connect`] applies over our own [`Session`]: row changes go as Bind/Execute with one
+//! Sync per batch, so the standby ends a command and flushes its socket per batch, not per row.
+//! [`Applier::new`] applies over a tokio-postgres client, one Sync per statement.
+//!
 //! The apply session runs with `session_replication_role = replica`, as PostgreSQL's own apply
 //! worker does, so the standby's triggers and foreign-key checks do not fire a second time (the
 //! primary already ran them). Setting it needs a superuser or, on PostgreSQL 15, a role granted
@@ -19,11 +23,10 @@ mod pipeline;
 mod statement;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
 use crate::decode::{
     pg_time_to_unix_micros, Begin, Commit, Datum, Delete, Insert, Message, OldTuple, RelId,
@@ -31,12 +34,15 @@ use crate::decode::{
 };
 use crate::ident::quote_ident;
 use crate::lsn::Lsn;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::session::Session;
 use crate::pg::PgError;
-use pipeline::{Expect, Failed, Param, Pipeline};
+use pipeline::{Expect, Failed, Param, Pipeline, Prepared};
 use statement::{SetColumns, Shape};
 
-/// Statements sent ahead before waiting for their results.
-pub const PIPELINE_DEPTH: usize = 256;
+/// Statements sent ahead before waiting for their results (on a session: the most statements
+/// under one Sync).
+pub const PIPELINE_DEPTH: usize = 1000;
 /// A standby transaction holding several source transactions commits after this many of them…
 const MAX_TXNS_PER_BATCH: usize = 200;
 /// …or this many row changes…
@@ -75,10 +81,10 @@ impl ApplyError {
         }
     }
 
-    fn standby(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
+    fn standby(context: impl Into<String>, err: impl Into<PgError>) -> Self {
         ApplyError::Standby {
             context: context.into(),
-            cause: PgError::from(err),
+            cause: err.into(),
         }
     }
 }
@@ -94,13 +100,14 @@ pub struct ApplyStats {
 
 /// The dispatcher's apply session on the standby.
 pub struct Applier {
-    client: Arc<Client>,
+    /// The connection to the standby, and the statements in flight on it.
     pipeline: Pipeline,
     relations: RelationCache,
-    statements: HashMap<(RelId, Shape), Statement>,
-    begin: Statement,
-    commit: Statement,
-    progress: Statement,
+    statements: HashMap<(RelId, Shape), Prepared>,
+    begin: Prepared,
+    commit: Prepared,
+    progress: Prepared,
+    idle_position: Prepared,
     applied: Lsn,
     /// The source transaction in progress: its Begin, and whether it is skipped.
     current: Option<(Begin, bool)>,
@@ -117,10 +124,23 @@ pub struct Applier {
 }
 
 impl Applier {
+    /// Open the apply session on the standby `info` (our batching session), resuming after
+    /// `applied`. Take the apply lock on another connection: this one is the applier's alone.
+    pub async fn connect(info: &ConnInfo, applied: Lsn) -> Result<Applier, ApplyError> {
+        let session = Session::connect(info, "understudy apply")
+            .await
+            .map_err(|e| ApplyError::standby("while connecting to the standby", e))?;
+        Applier::start(Pipeline::session(session, PIPELINE_DEPTH), applied).await
+    }
+
     /// Set up the apply session on `client`, resuming after `applied`.
     pub async fn new(client: Client, applied: Lsn) -> Result<Applier, ApplyError> {
-        client
-            .batch_execute(
+        Applier::start(Pipeline::client(client, PIPELINE_DEPTH), applied).await
+    }
+
+    async fn start(mut pipeline: Pipeline, applied: Lsn) -> Result<Applier, ApplyError> {
+        pipeline
+            .simple(
                 "SET session_replication_role = replica; SET datestyle = ISO; \
                  SET intervalstyle = postgres; SET timezone = UTC; SET extra_float_digits = 3; \
                  SET plan_cache_mode = force_generic_plan",
@@ -134,14 +154,11 @@ impl Applier {
                     e,
                 )
             })?;
-        let prepare = |sql: &'static str| {
-            let client = &client;
-            async move {
-                client
-                    .prepare(sql)
-                    .await
-                    .map_err(|e| ApplyError::standby(format!("while preparing {sql}"), e))
-            }
+        let mut prepare = async |sql: &'static str| {
+            pipeline
+                .prepare(sql)
+                .await
+                .map_err(|e| ApplyError::standby(format!("while preparing {sql}"), e))
         };
         let begin = prepare("BEGIN").await?;
         let commit = prepare("COMMIT").await?;
@@ -152,15 +169,19 @@ impl Applier {
              last_xid = $4::text::bigint, updated_at = now() WHERE id = 1",
         )
         .await?;
-        let client = Arc::new(client);
+        let idle_position = prepare(
+            "UPDATE understudy.progress SET applied_lsn = $1::text::pg_lsn, updated_at = now() \
+             WHERE id = 1 AND applied_lsn < $1::text::pg_lsn",
+        )
+        .await?;
         Ok(Applier {
-            pipeline: Pipeline::new(client.clone(), PIPELINE_DEPTH),
-            client,
+            pipeline,
             relations: RelationCache::default(),
             statements: HashMap::new(),
             begin,
             commit,
             progress,
+            idle_position,
             applied,
             current: None,
             open: false,
@@ -221,7 +242,9 @@ impl Applier {
                 let id = r.id;
                 let same = self.relations.get(id).is_some_and(|old| *old == r);
                 if !same {
-                    self.statements.retain(|(rel, _), _| *rel != id);
+                    for (_, stale) in self.statements.extract_if(|(rel, _), _| *rel == id) {
+                        self.pipeline.forget(stale);
+                    }
                 }
                 self.relations.insert(r);
                 Ok(None)
@@ -248,14 +271,17 @@ impl Applier {
         {
             return Ok(committed);
         }
-        self.client
-            .execute(
-                "UPDATE understudy.progress SET applied_lsn = $1::text::pg_lsn, updated_at = now() \
-                 WHERE id = 1 AND applied_lsn < $1::text::pg_lsn",
-                &[&lsn.to_string()],
-            )
-            .await
-            .map_err(|e| ApplyError::standby("while recording the idle position", e))?;
+        let params = vec![text(lsn.to_string())];
+        let recorded = match self.pipeline.send(&self.idle_position, params, None).await {
+            Ok(()) => self.pipeline.drain().await,
+            Err(failed) => Err(failed),
+        };
+        if let Err(failed) = recorded {
+            return Err(match failed {
+                Failed::Db(e) => ApplyError::standby("while recording the idle position", e),
+                Failed::NoRow(expect, params) => self.diverged(expect, &params),
+            });
+        }
         self.last_idle_write = Instant::now();
         self.applied = lsn;
         Ok(Some(lsn))
@@ -311,6 +337,10 @@ impl Applier {
             ];
             self.push(self.progress.clone(), params, None).await?;
         }
+        // An UPDATE or DELETE that found no row must stop the COMMIT: see its count first.
+        if self.pipeline.unchecked() {
+            self.flush().await?;
+        }
         self.push(self.commit.clone(), Vec::new(), None).await?;
         self.flush().await?;
         self.open = false;
@@ -322,10 +352,10 @@ impl Applier {
     }
 
     async fn rollback(&mut self) {
-        self.pipeline.clear();
+        self.pipeline.clear().await;
         self.batch_last = None;
         if self.open {
-            let _ = self.client.batch_execute("ROLLBACK").await;
+            let _ = self.pipeline.simple("ROLLBACK").await;
         }
         self.open = false;
         self.current = None;
@@ -450,15 +480,15 @@ impl Applier {
             },
             if t.cascade { " CASCADE" } else { "" }
         );
-        self.client
-            .batch_execute(&sql)
+        self.pipeline
+            .simple(&sql)
             .await
             .map_err(|e| ApplyError::standby(format!("while applying {sql}"), e))?;
         self.batch_rows += 1;
         Ok(())
     }
 
-    async fn statement(&mut self, rel: RelId, shape: Shape) -> Result<Statement, ApplyError> {
+    async fn statement(&mut self, rel: RelId, shape: Shape) -> Result<Prepared, ApplyError> {
         if let Some(s) = self.statements.get(&(rel, shape.clone())) {
             return Ok(s.clone());
         }
@@ -467,27 +497,24 @@ impl Applier {
         let table = relation.display_name();
         // Settle what is in flight first, so a failure there is reported as itself.
         self.flush().await?;
-        let prepared =
-            self.client
-                .prepare(&sql)
-                .await
-                .map_err(|e| match e.code().map(|c| c.code()) {
-                    Some("42P01") | Some("42703") | Some("42804") => ApplyError::Stream(format!(
-                    "the standby's table {table} does not match the primary's (the schema differs): {}; apply the same \
-                     schema change on the standby, then run follow again",
-                    PgError::from(e)
+        let prepared = self
+            .pipeline
+            .prepare(&sql)
+            .await
+            .map_err(|e| match e.code() {
+                Some("42P01") | Some("42703") | Some("42804") => ApplyError::Stream(format!(
+                    "the standby's table {table} does not match the primary's (the schema differs): {e}; apply the same \
+                     schema change on the standby, then run follow again"
                 )),
-                    _ => {
-                        ApplyError::standby(format!("while preparing the statement for {table}"), e)
-                    }
-                })?;
+                _ => ApplyError::standby(format!("while preparing the statement for {table}"), e),
+            })?;
         self.statements.insert((rel, shape), prepared.clone());
         Ok(prepared)
     }
 
     async fn row(
         &mut self,
-        statement: Statement,
+        statement: Prepared,
         params: Vec<Param>,
         expect_one: Option<Expect>,
     ) -> Result<(), ApplyError> {
@@ -498,11 +525,11 @@ impl Applier {
 
     async fn push(
         &mut self,
-        statement: Statement,
+        statement: Prepared,
         params: Vec<Param>,
         expect_one: Option<Expect>,
     ) -> Result<(), ApplyError> {
-        match self.pipeline.send(statement, params, expect_one).await {
+        match self.pipeline.send(&statement, params, expect_one).await {
             Ok(()) => Ok(()),
             Err(failed) => Err(self.failed(failed).await),
         }

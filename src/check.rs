@@ -59,7 +59,7 @@ pub async fn check(primary: &ConnInfo, standby: &ConnInfo) -> Result<CheckReport
     let tables: Vec<String> = p
         .query(
             "SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables \
-             WHERE pubname = $1 ORDER BY 1",
+             WHERE pubname = $1 AND schemaname <> 'understudy' ORDER BY 1",
             &[&source.publication],
         )
         .await

@@ -12,6 +12,8 @@ use crate::follow::{self, Ack, FollowOptions, JournalFollow, StopAt};
 use crate::lsn::Lsn;
 use crate::pg::conninfo::ConnInfo;
 
+mod messages;
+
 /// Keeps a standby network management system hot at the database level.
 #[derive(Parser, Debug)]
 #[command(name = "understudy", version, about)]
@@ -147,6 +149,19 @@ pub enum Command {
         sequence_interval: u64,
         #[command(flatten)]
         journal: JournalArgs,
+        #[command(flatten)]
+        outputs: messages::OutputArgs,
+    },
+    /// Re-emit the journal's messages from an LSN: to stdout, to a restored standby, or to sinks.
+    Replay {
+        #[command(flatten)]
+        args: messages::ReplayArgs,
+    },
+    /// Promote the standby: sequences above the old primary's, the reverse slot, a higher epoch,
+    /// the NMS roles' write privileges back, the promote hook. Stop its follower first.
+    Promote {
+        #[command(flatten)]
+        args: messages::PromoteArgs,
     },
     /// Show the slot, the applied position and the lag.
     Status {
@@ -230,6 +245,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             application_name,
             sequence_interval,
             journal,
+            outputs,
         } => {
             let (p, s) = pair.parse()?;
             let mut options = FollowOptions::new(p, s);
@@ -241,7 +257,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             };
             options.application_name = application_name;
             options.sequence_interval = Duration::from_secs(sequence_interval.max(1));
-            let summary = follow::follow(&options, stop_rx, None).await?;
+            let summary =
+                follow::outputs::follow_with_outputs(options, outputs.outputs(), stop_rx).await?;
             println!(
                 "follow stopped: {} transactions, {} rows applied; standby applied up to {}",
                 summary.transactions, summary.rows, summary.applied
@@ -325,6 +342,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Replay { args } => messages::replay(args, stop_rx).await,
+        Command::Promote { args } => messages::promote(args).await,
         Command::Demo { duration } => {
             crate::demo::run(Duration::from_secs(duration), stop_rx).await?;
             Ok(0)

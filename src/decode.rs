@@ -184,7 +184,6 @@ impl Relation {
     }
 }
 
-
 /// `pg_class.relreplident`: which old values UPDATE and DELETE carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReplicaIdentity {

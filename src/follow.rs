@@ -25,6 +25,7 @@
 
 mod dispatch;
 mod journaled;
+pub mod outputs;
 mod report;
 mod sequences;
 mod source;

@@ -1,9 +1,16 @@
-//! A sliding window of statements in flight on the apply session.
+//! The apply connection's statements in flight, on one of two connections:
 //!
-//! tokio-postgres writes a request when its future is first polled, and the server answers in
-//! order. Each statement's future is therefore polled once as soon as it is made (so requests go
-//! out strictly in order) and kept in a FIFO; only when the window is full is the oldest result
-//! awaited. The standby always has work queued and we never stop to wait for a whole batch.
+//! * a [`Session`] (`Applier::connect`): each statement is queued as Bind/Execute with no Sync,
+//!   and the batch is synced only when the dispatcher needs its results (before a prepare, a
+//!   TRUNCATE or the standby's COMMIT returns) or when `depth` statements are queued. The server
+//!   ends one command and flushes its socket per batch, not per row.
+//! * a tokio-postgres `Client` (`Applier::new`): every statement carries its own Sync. Requests
+//!   are written in order as soon as they are made and kept in a FIFO; only when `depth` of them
+//!   are in flight is the oldest result awaited. tokio-postgres writes a request when its future
+//!   is first polled, so each future is polled once as soon as it is made.
+//!
+//! Either way at most `depth` statements wait for their results, and an UPDATE or DELETE that
+//! changed no row is reported (with its values) before any later failure.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -11,18 +18,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
 use crate::decode::RelId;
-
-/// A value sent to the standby in PostgreSQL's text form; the server parses it for the column.
-#[derive(Clone, Debug)]
-pub(super) enum Param {
-    Null,
-    Text(Bytes),
-}
+pub(super) use crate::pg::session::Param;
+use crate::pg::session::Session;
+use crate::pg::PgError;
 
 impl ToSql for Param {
     fn to_sql(
@@ -59,11 +62,194 @@ pub(super) struct Expect {
     pub key_from: usize,
 }
 
-/// Why a statement in the window failed.
+/// Why a statement in flight failed.
 pub(super) enum Failed {
-    Db(tokio_postgres::Error),
+    Db(PgError),
     /// An UPDATE or DELETE changed no row; its parameters tell which.
     NoRow(Expect, Vec<Param>),
+}
+
+/// A statement prepared on the apply connection.
+#[derive(Clone, Debug)]
+pub(super) enum Prepared {
+    Named(Arc<str>),
+    Client(Statement),
+}
+
+pub(super) struct Pipeline {
+    conn: Conn,
+}
+
+enum Conn {
+    Session(Box<Batch>),
+    Client(Window),
+}
+
+impl Pipeline {
+    /// Statements batched on `session`, synced at least every `depth` statements.
+    pub fn session(session: Session, depth: usize) -> Pipeline {
+        Pipeline {
+            conn: Conn::Session(Box::new(Batch {
+                session,
+                expects: Vec::new(),
+                closing: Vec::new(),
+                depth,
+                prepared: 0,
+            })),
+        }
+    }
+
+    /// A window of at most `depth` statements in flight on `client`.
+    pub fn client(client: Client, depth: usize) -> Pipeline {
+        Pipeline {
+            conn: Conn::Client(Window {
+                client: Arc::new(client),
+                window: VecDeque::with_capacity(depth),
+                depth,
+            }),
+        }
+    }
+
+    /// Run `sql` (one or more statements) and wait. Call [`drain`](Pipeline::drain) first.
+    pub async fn simple(&mut self, sql: &str) -> Result<(), PgError> {
+        match &mut self.conn {
+            Conn::Session(b) => b.session.simple_query(sql).await,
+            Conn::Client(w) => w.client.batch_execute(sql).await.map_err(PgError::from),
+        }
+    }
+
+    /// Prepare `sql`, leaving its parameter types to the server. Call `drain` first.
+    pub async fn prepare(&mut self, sql: &str) -> Result<Prepared, PgError> {
+        match &mut self.conn {
+            Conn::Session(b) => {
+                b.prepared += 1;
+                let name: Arc<str> = Arc::from(format!("understudy_{}", b.prepared));
+                b.session.prepare(&name, sql).await?;
+                Ok(Prepared::Named(name))
+            }
+            Conn::Client(w) => Ok(Prepared::Client(w.client.prepare(sql).await?)),
+        }
+    }
+
+    /// The statement will not be used again: deallocate it on the server.
+    pub fn forget(&mut self, statement: Prepared) {
+        match (&mut self.conn, statement) {
+            // With the next Sync: a Close queued now would count in the open batch's positions.
+            (Conn::Session(b), Prepared::Named(name)) => b.closing.push(name),
+            // Dropping the last copy closes it.
+            (_, statement) => drop(statement),
+        }
+    }
+
+    /// Send a statement; wait for earlier results first when `depth` are in flight.
+    pub async fn send(
+        &mut self,
+        statement: &Prepared,
+        params: Vec<Param>,
+        expect: Option<Expect>,
+    ) -> Result<(), Failed> {
+        match (&mut self.conn, statement) {
+            (Conn::Session(b), Prepared::Named(name)) => b.send(name, params, expect).await,
+            (Conn::Client(w), Prepared::Client(s)) => w.send(s.clone(), params, expect).await,
+            _ => Err(Failed::Db(PgError::protocol(
+                "a statement prepared on another connection; this is a bug in understudy",
+            ))),
+        }
+    }
+
+    /// Wait for every statement in flight; the first failure wins and the rest are dropped.
+    pub async fn drain(&mut self) -> Result<(), Failed> {
+        match &mut self.conn {
+            Conn::Session(b) => b.drain().await,
+            Conn::Client(w) => w.drain().await,
+        }
+    }
+
+    /// Whether a statement in flight must still be checked for changing exactly one row.
+    pub fn unchecked(&self) -> bool {
+        match &self.conn {
+            Conn::Session(b) => !b.expects.is_empty(),
+            Conn::Client(w) => w.window.iter().any(|f| f.expect.is_some()),
+        }
+    }
+
+    /// Forget everything in flight (after a failure or before a rollback).
+    pub async fn clear(&mut self) {
+        match &mut self.conn {
+            // The server must still answer what was sent; its answers no longer matter.
+            Conn::Session(b) => drop(b.drain().await),
+            Conn::Client(w) => w.window.clear(),
+        }
+    }
+}
+
+/// The open batch on a session.
+struct Batch {
+    session: Session,
+    /// The statements of the open batch that must change exactly one row: their position in
+    /// the batch, what they expect, and their values for the error message.
+    expects: Vec<(usize, Expect, Vec<Param>)>,
+    /// Prepared statements to close with the next Sync.
+    closing: Vec<Arc<str>>,
+    depth: usize,
+    /// Statements prepared so far, for unique names.
+    prepared: u64,
+}
+
+impl Batch {
+    async fn send(
+        &mut self,
+        name: &str,
+        params: Vec<Param>,
+        expect: Option<Expect>,
+    ) -> Result<(), Failed> {
+        let position = self.session.queued();
+        self.session
+            .queue_execute(name, &params)
+            .await
+            .map_err(Failed::Db)?;
+        if let Some(expect) = expect {
+            self.expects.push((position, expect, params));
+        }
+        if self.session.queued() >= self.depth {
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<(), Failed> {
+        if self.session.queued() == 0 && self.closing.is_empty() {
+            return Ok(());
+        }
+        for name in self.closing.drain(..) {
+            if let Err(e) = self.session.queue_close(&name) {
+                self.expects.clear();
+                return Err(Failed::Db(e));
+            }
+        }
+        let (counts, error) = match self.session.sync().await {
+            Ok(counts) => (counts, None),
+            Err(e) => (e.completed, Some(e.error)),
+        };
+        // In statement order: a change that found no row before the failure is the first
+        // thing that went wrong.
+        for (position, expect, params) in self.expects.drain(..) {
+            if counts.get(position) == Some(&0) {
+                return Err(Failed::NoRow(expect, params));
+            }
+        }
+        match error {
+            Some(e) => Err(Failed::Db(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Statements in flight on a tokio-postgres client.
+struct Window {
+    client: Arc<Client>,
+    window: VecDeque<InFlight>,
+    depth: usize,
 }
 
 type Outcome = (Result<u64, tokio_postgres::Error>, Vec<Param>);
@@ -78,23 +264,8 @@ struct InFlight {
     expect: Option<Expect>,
 }
 
-pub(super) struct Pipeline {
-    client: Arc<Client>,
-    window: VecDeque<InFlight>,
-    depth: usize,
-}
-
-impl Pipeline {
-    pub fn new(client: Arc<Client>, depth: usize) -> Pipeline {
-        Pipeline {
-            client,
-            window: VecDeque::with_capacity(depth),
-            depth,
-        }
-    }
-
-    /// Send a statement now; wait for the oldest result first when the window is full.
-    pub async fn send(
+impl Window {
+    async fn send(
         &mut self,
         statement: Statement,
         params: Vec<Param>,
@@ -118,8 +289,7 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Wait for every statement in flight; the first failure wins and the rest are dropped.
-    pub async fn drain(&mut self) -> Result<(), Failed> {
+    async fn drain(&mut self) -> Result<(), Failed> {
         while !self.window.is_empty() {
             if let Err(e) = self.settle_one().await {
                 self.window.clear();
@@ -127,11 +297,6 @@ impl Pipeline {
             }
         }
         Ok(())
-    }
-
-    /// Forget everything in flight (after a failure or before a rollback).
-    pub fn clear(&mut self) {
-        self.window.clear();
     }
 
     async fn settle_one(&mut self) -> Result<(), Failed> {
@@ -143,7 +308,7 @@ impl Pipeline {
             Slot::Waiting(fut) => fut.await,
         };
         match (result, front.expect) {
-            (Err(e), _) => Err(Failed::Db(e)),
+            (Err(e), _) => Err(Failed::Db(e.into())),
             (Ok(0), Some(expect)) => Err(Failed::NoRow(expect, params)),
             (Ok(_), _) => Ok(()),
         }

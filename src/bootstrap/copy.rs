@@ -76,7 +76,7 @@ pub(super) async fn plan(primary: &Client, publication: &str, jobs: usize) -> Re
              FROM pg_publication_tables pt \
              JOIN pg_namespace n ON n.nspname = pt.schemaname \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-             WHERE pt.pubname = $1 ORDER BY 4 DESC",
+             WHERE pt.pubname = $1 AND pt.schemaname <> 'understudy' ORDER BY 4 DESC",
             &[&publication],
         )
         .await

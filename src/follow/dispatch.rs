@@ -112,7 +112,8 @@ async fn attempt(
     base: ApplyStats,
     stats: &mut ApplyStats,
 ) -> Result<(), Failure> {
-    let (client, applied) = match first {
+    // The connection that holds the apply lock stays open for as long as this attempt applies.
+    let (_lock, applied) = match first {
         Some(c) => c,
         None => {
             let (client, _, applied) = connect(&ctx.options).await?;
@@ -127,7 +128,9 @@ async fn attempt(
              between are gone; run `understudy bootstrap --force`"
         )));
     }
-    let mut applier = Applier::new(client, applied).await.map_err(apply_failure)?;
+    let mut applier = Applier::connect(&ctx.options.standby, applied)
+        .await
+        .map_err(apply_failure)?;
     tracing::info!(from = %applied, "applying from the journal");
     let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
     let journal = ctx.journal.clone();

@@ -79,7 +79,8 @@ pub(super) async fn run(
     let repl = open_stream(options, &source, applied, true).await?;
     tracing::info!(slot = %source.slot_name, start = %applied, "streaming from the primary");
 
-    let applier = Applier::new(standby, applied)
+    // `standby` keeps the apply lock until this attempt ends; the applier has its own session.
+    let applier = Applier::connect(&options.standby, applied)
         .await
         .map_err(apply_failure)?;
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);

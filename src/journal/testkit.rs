@@ -151,7 +151,9 @@ pub fn read_all(handle: &JournalHandle, from: Lsn) -> Vec<(Lsn, Vec<JournalMessa
         let begin = txn.next_message().expect("begin").expect("a Begin");
         // Relations carried over from transactions skipped on the way are not this one's.
         for _ in 0..txn.carried_len() {
-            txn.next_message().expect("carried").expect("a carried message");
+            txn.next_message()
+                .expect("carried")
+                .expect("a carried message");
         }
         let mut messages = vec![begin];
         messages.extend(txn.by_ref().map(|m| m.expect("message")));

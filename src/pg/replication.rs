@@ -25,7 +25,7 @@
 
 mod commands;
 mod framing;
-mod startup;
+pub(super) mod startup;
 
 use std::time::SystemTime;
 
