@@ -20,24 +20,24 @@
 //! `SET` on that parameter (`GRANT SET ON PARAMETER session_replication_role TO …`).
 
 mod pipeline;
+mod row;
 mod statement;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio_postgres::Client;
 
 use crate::decode::{
     pg_time_to_unix_micros, Begin, Commit, Datum, Delete, Insert, Message, OldTuple, RelId,
-    Relation, RelationCache, Truncate, Tuple, Update, Xid,
+    Relation, RelationCache, Truncate, Update, Xid,
 };
-use crate::ident::quote_ident;
 use crate::lsn::Lsn;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::session::Session;
 use crate::pg::PgError;
 use pipeline::{Expect, Failed, Param, Pipeline, Prepared};
+use row::{describe_key, identity_values, param, text};
 use statement::{SetColumns, Shape};
 
 /// Statements sent ahead before waiting for their results (on a session: the most statements
@@ -384,8 +384,15 @@ impl Applier {
         }
     }
 
+    /// understudy's own schema is per node (progress, roles, epochs): never copied across.
+    fn own_schema(&self, rel: RelId) -> bool {
+        self.relations
+            .get(rel)
+            .is_some_and(|r| r.schema() == crate::state::SCHEMA)
+    }
+
     async fn change_insert(&mut self, i: Insert) -> Result<(), ApplyError> {
-        if self.skipping()? {
+        if self.skipping()? || self.own_schema(i.rel) {
             return Ok(());
         }
         let params = i.new.0.iter().map(param).collect::<Result<Vec<_>, _>>()?;
@@ -394,7 +401,7 @@ impl Applier {
     }
 
     async fn change_update(&mut self, u: Update) -> Result<(), ApplyError> {
-        if self.skipping()? {
+        if self.skipping()? || self.own_schema(u.rel) {
             return Ok(());
         }
         let rel = self.relation(u.rel)?;
@@ -439,7 +446,7 @@ impl Applier {
     }
 
     async fn change_delete(&mut self, d: Delete) -> Result<(), ApplyError> {
-        if self.skipping()? {
+        if self.skipping()? || self.own_schema(d.rel) {
             return Ok(());
         }
         let rel = self.relation(d.rel)?;
@@ -465,7 +472,9 @@ impl Applier {
         self.flush().await?;
         let mut names = Vec::with_capacity(t.rels.len());
         for id in &t.rels {
-            names.push(self.relation(*id)?.qualified_name());
+            if !self.own_schema(*id) {
+                names.push(self.relation(*id)?.qualified_name());
+            }
         }
         if names.is_empty() {
             return Ok(());
@@ -570,96 +579,4 @@ impl Applier {
             key,
         }
     }
-}
-
-fn text(s: String) -> Param {
-    Param::Text(Bytes::from(s))
-}
-
-fn param(d: &Datum) -> Result<Param, ApplyError> {
-    match d {
-        Datum::Null => Ok(Param::Null),
-        Datum::Text(b) => Ok(Param::Text(b.clone())),
-        Datum::UnchangedToast => Err(ApplyError::Stream(
-            "an unchanged TOAST value was sent where a full value is needed (a key column); \
-             set REPLICA IDENTITY FULL on that table on the primary"
-                .into(),
-        )),
-        Datum::Binary(_) => Err(ApplyError::Stream(
-            "the stream sent a binary value although text was requested; this is a bug in \
-             understudy"
-                .into(),
-        )),
-    }
-}
-
-/// The values that find the row: the key columns (from the old key when present), or every
-/// column of the old row under FULL identity.
-fn identity_values(
-    rel: &Relation,
-    full: bool,
-    old: Option<&OldTuple>,
-    new: &Tuple,
-) -> Result<Vec<Param>, ApplyError> {
-    let source = match old {
-        Some(OldTuple::Key(t)) | Some(OldTuple::Full(t)) => t,
-        None => new,
-    };
-    if full {
-        if !matches!(old, Some(OldTuple::Full(_))) {
-            return Err(ApplyError::Stream(format!(
-                "{} has REPLICA IDENTITY FULL but the change carries no old row",
-                rel.display_name()
-            )));
-        }
-        return source.0.iter().map(param).collect();
-    }
-    let keys = statement::key_columns(rel);
-    if keys.is_empty() {
-        return Err(ApplyError::Stream(format!(
-            "{} has no replica identity columns, so its rows cannot be found on the standby; run \
-             ALTER TABLE {} REPLICA IDENTITY FULL on the primary (or add a primary key)",
-            rel.display_name(),
-            rel.qualified_name()
-        )));
-    }
-    keys.iter()
-        .map(|&i| {
-            source
-                .0
-                .get(i)
-                .ok_or_else(|| {
-                    ApplyError::Stream(format!("old row of {} is too short", rel.display_name()))
-                })
-                .and_then(param)
-        })
-        .collect()
-}
-
-/// `(id)=(42)` for error messages.
-fn describe_key(rel: &Relation, full: bool, values: &[Param]) -> String {
-    let cols: Vec<usize> = if full {
-        (0..rel.columns.len()).collect()
-    } else {
-        statement::key_columns(rel)
-    };
-    let names: Vec<String> = cols
-        .iter()
-        .filter_map(|&i| rel.columns.get(i).map(|c| quote_ident(&c.name)))
-        .collect();
-    let vals: Vec<String> = values
-        .iter()
-        .map(|v| match v {
-            Param::Null => "NULL".to_string(),
-            Param::Text(b) => {
-                let s = String::from_utf8_lossy(b);
-                if s.len() > 64 {
-                    format!("{}…", &s[..s.floor_char_boundary(64)])
-                } else {
-                    s.into_owned()
-                }
-            }
-        })
-        .collect();
-    format!("({})=({})", names.join(", "), vals.join(", "))
 }

@@ -13,6 +13,9 @@ use tokio_postgres::Client;
 
 use crate::lsn::Lsn;
 
+/// The schema understudy keeps its own state in, on every node.
+pub const SCHEMA: &str = "understudy";
+
 /// The SQL that creates understudy's schema.
 pub const SCHEMA_SQL: &str = include_str!("../sql/understudy.sql");
 
