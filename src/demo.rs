@@ -4,6 +4,17 @@
 //! (`examples/nms_workload.sql`) on the primary, bootstraps the standby, follows while two
 //! sessions of NMS activity (and an alarm storm every few seconds) write to the primary, prints
 //! lag and throughput every second, catches up, runs `check`, and removes both clusters.
+//!
+//! The follower journals, serves the message stream, and the example NMS in-memory model
+//! (`examples/nms_memory/`) loads itself from the standby and then follows the stream alone; at
+//! the end it is compared with a model loaded fresh from the primary.
+
+#[path = "../examples/nms_memory/load.rs"]
+mod load;
+#[path = "../examples/nms_memory/model.rs"]
+mod model;
+#[path = "../examples/nms_memory/sse.rs"]
+mod sse;
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::bootstrap::{self, BootstrapOptions};
 use crate::cluster::{Cluster, ClusterOptions};
-use crate::follow::{self, FollowOptions, FollowProgress, StopAt};
+use crate::follow::{self, FollowOptions, FollowProgress};
 use crate::lsn::Lsn;
 use crate::pg::conninfo::ConnInfo;
 
@@ -20,6 +31,8 @@ use crate::pg::conninfo::ConnInfo;
 pub const NMS_SCHEMA: &str = include_str!("../sql/nms_example.sql");
 /// The example NMS workload (PL/pgSQL functions the demo calls).
 pub const NMS_WORKLOAD: &str = include_str!("../examples/nms_workload.sql");
+/// Translation rules for the example NMS.
+pub const NMS_RULES: &str = include_str!("../examples/nms_rules.toml");
 
 /// Run the demo for `duration` of workload; `stop` turning true ends it early, cleanly.
 pub async fn run(duration: Duration, stop: watch::Receiver<bool>) -> Result<()> {
@@ -62,39 +75,72 @@ pub async fn run(duration: Duration, stop: watch::Receiver<bool>) -> Result<()> 
 
     let (follow_stop_tx, follow_stop_rx) = watch::channel(false);
     let (progress_tx, progress_rx) = watch::channel(FollowProgress::default());
-    let follow_options = FollowOptions::new(primary.clone(), standby.clone());
+    let work = std::env::temp_dir().join(format!("understudy-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let rules_file = work.join("nms_rules.toml");
+    std::fs::write(&rules_file, NMS_RULES)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut follow_options = FollowOptions::new(primary.clone(), standby.clone());
+    follow_options.journal = Some(follow::JournalFollow::new(work.join("journal")));
+    let outputs = follow::outputs::Outputs {
+        http: Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        rules_file: Some(rules_file),
+        ..Default::default()
+    };
     let follower = {
         let options = follow_options.clone();
-        tokio::spawn(
-            async move { follow::follow(&options, follow_stop_rx, Some(progress_tx)).await },
-        )
+        tokio::spawn(async move {
+            follow::outputs::follow_with_outputs_progress(
+                options,
+                outputs,
+                follow_stop_rx,
+                progress_tx,
+            )
+            .await
+        })
     };
+    let nms = NmsConsumer::start(&standby, port).await?;
 
     println!(
         "following while the example NMS writes for {} s (Ctrl-C stops early)…",
         duration.as_secs()
     );
-    let interrupted = drive_workload(&primary, duration, stop.clone(), &progress_rx).await?;
+    let interrupted = drive_workload(&primary, duration, stop.clone(), &progress_rx, &nms).await?;
 
-    follow_stop_tx.send_replace(true);
-    follower
-        .await
-        .map_err(|e| anyhow!("the follower task failed: {e}"))??;
     if interrupted {
+        follow_stop_tx.send_replace(true);
+        follower
+            .await
+            .map_err(|e| anyhow!("the follower task failed: {e}"))??;
+        std::fs::remove_dir_all(&work).ok();
         println!("interrupted: clusters stopped and removed");
         return Ok(());
     }
 
     println!("workload stopped; catching up…");
-    let mut catch_up = follow_options;
-    catch_up.stop_at = StopAt::CaughtUp;
+    let target = follow::primary_wal_position(&primary).await?;
     let caught = Instant::now();
-    let done = follow::follow(&catch_up, stop.clone(), None).await?;
+    let mut watching = progress_rx.clone();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        watching.wait_for(|p| p.applied >= target),
+    )
+    .await
+    .map_err(|_| anyhow!("the standby did not catch up with {target} within 120 s"))?
+    .map_err(|_| anyhow!("the follower stopped before catching up"))?;
+    let applied = progress_rx.borrow().applied;
     println!(
-        "caught up to {} in {:.2} s",
-        done.applied,
+        "caught up to {applied} in {:.2} s",
         caught.elapsed().as_secs_f64()
     );
+    follow::sync_sequences(&primary, &standby).await?;
+    nms.compare_with(&primary, applied).await?;
+    follow_stop_tx.send_replace(true);
+    follower
+        .await
+        .map_err(|e| anyhow!("the follower task failed: {e}"))??;
 
     let report = crate::check::check(&primary, &standby).await?;
     for d in &report.differences {
@@ -110,6 +156,7 @@ pub async fn run(duration: Duration, stop: watch::Receiver<bool>) -> Result<()> 
         "check: standby identical to primary ({} tables, {} rows, {} sequences)",
         report.tables, report.rows, report.sequences
     );
+    std::fs::remove_dir_all(&work).ok();
     drop(primary_cluster);
     drop(standby_cluster);
     println!("demo done: clusters stopped and removed");
@@ -123,6 +170,7 @@ async fn drive_workload(
     duration: Duration,
     mut stop: watch::Receiver<bool>,
     progress: &watch::Receiver<FollowProgress>,
+    nms: &NmsConsumer,
 ) -> Result<bool> {
     let (halt_tx, halt_rx) = watch::channel(false);
     let mut sessions = tokio::task::JoinSet::new();
@@ -176,6 +224,7 @@ async fn drive_workload(
             now.transactions.saturating_sub(last.transactions),
             now.rows.saturating_sub(last.rows),
         );
+        println!("        standby NMS memory: {}", nms.summary());
         last = now;
     }
     halt_tx.send_replace(true);
@@ -185,4 +234,76 @@ async fn drive_workload(
     }
     println!("workload: {ticks} NMS transactions written");
     Ok(interrupted)
+}
+
+/// The example NMS model on the standby side: loaded from the standby, then fed by the stream.
+struct NmsConsumer {
+    live: std::sync::Arc<std::sync::Mutex<model::LiveModel>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NmsConsumer {
+    async fn start(standby: &ConnInfo, port: u16) -> Result<NmsConsumer> {
+        let client = standby.connect("nms memory").await?;
+        let (loaded, lsn) = load::load(&client, load::Side::Standby).await?;
+        println!(
+            "standby NMS memory loaded from the standby at {}: {}",
+            model::format_lsn(lsn),
+            loaded.summary()
+        );
+        let live = std::sync::Arc::new(std::sync::Mutex::new(model::LiveModel::new(loaded, lsn)));
+        let endpoint = sse::Endpoint::parse(&format!("http://127.0.0.1:{port}"))?;
+        let from = live.lock().expect("model lock").stream_from_lsn();
+        let mut sub = sse::Subscription::new(
+            endpoint,
+            sse::messages_path(Some(&from), None, None),
+            None,
+            None,
+        );
+        let feed = live.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(event) = sub.next().await {
+                if event.event != "mutation" {
+                    continue;
+                }
+                let mut live = feed.lock().expect("model lock");
+                if let Err(e) = live.offer_event(event.id.as_deref(), &event.data) {
+                    eprintln!("the NMS model could not apply a message: {e}");
+                    return;
+                }
+            }
+        });
+        Ok(NmsConsumer { live, task })
+    }
+
+    fn summary(&self) -> String {
+        self.live.lock().expect("model lock").model.summary()
+    }
+
+    /// Wait until the stream has delivered everything applied, then compare with the primary.
+    async fn compare_with(self, primary: &ConnInfo, applied: Lsn) -> Result<()> {
+        let client = primary.connect("nms memory").await?;
+        let (fresh, _) = load::load(&client, load::Side::Primary).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let same = self.live.lock().expect("model lock").model == fresh;
+            if same {
+                println!(
+                    "standby NMS memory, fed by the message stream alone, equals a fresh load from the primary: {}",
+                    fresh.summary()
+                );
+                self.task.abort();
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.task.abort();
+                return Err(anyhow!(
+                    "the standby NMS memory did not reach the primary's state (applied {applied}): {} vs {}",
+                    self.summary(),
+                    fresh.summary()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

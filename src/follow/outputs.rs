@@ -66,13 +66,24 @@ pub async fn load_rules(file: Option<&std::path::Path>, primary: &ConnInfo) -> R
 
 /// Run follow with its outputs until it ends; the outputs stop with it.
 pub async fn follow_with_outputs(
-    mut options: FollowOptions,
+    options: FollowOptions,
     outputs: Outputs,
     shutdown: watch::Receiver<bool>,
 ) -> Result<FollowSummary> {
+    let (progress, _) = watch::channel(FollowProgress::default());
+    follow_with_outputs_progress(options, outputs, shutdown, progress).await
+}
+
+/// [`follow_with_outputs`], also publishing follow's progress on `progress`.
+pub async fn follow_with_outputs_progress(
+    mut options: FollowOptions,
+    outputs: Outputs,
+    shutdown: watch::Receiver<bool>,
+    progress: watch::Sender<FollowProgress>,
+) -> Result<FollowSummary> {
     let rules = Arc::new(load_rules(outputs.rules_file.as_deref(), &options.primary).await?);
     if outputs.is_empty() {
-        return follow(&options, shutdown, None).await;
+        return follow(&options, shutdown, Some(progress)).await;
     }
     let Some(journal) = options.journal.as_mut() else {
         bail!("--sink and --http read the journal: add --journal DIR");
@@ -83,7 +94,7 @@ pub async fn follow_with_outputs(
     let (keep_tx, keep_rx) = watch::channel(Lsn::ZERO);
     journal.keep_from = Some(keep_rx);
 
-    let (progress_tx, mut progress_rx) = watch::channel(FollowProgress::default());
+    let mut progress_rx = progress.subscribe();
     let (applied_tx, applied_rx) = watch::channel(Lsn::ZERO);
     let relay = tokio::spawn(async move {
         while progress_rx.changed().await.is_ok() {
@@ -109,7 +120,7 @@ pub async fn follow_with_outputs(
         outputs_stop_rx,
     ));
 
-    let result = follow(&options, shutdown, Some(progress_tx)).await;
+    let result = follow(&options, shutdown, Some(progress)).await;
     outputs_stop_tx.send_replace(true);
     relay.abort();
     let outputs_result = supervisor
