@@ -207,14 +207,23 @@ pub enum Command {
 /// Run a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Ctrl-C (SIGINT) or a service manager's SIGTERM: stop cleanly; a second one quits at once.
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!("interrupted: stopping cleanly (press Ctrl-C again to quit at once)");
-            let _ = stop_tx.send(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
+        tracing::warn!("interrupted: stopping cleanly (interrupt again to quit at once)");
+        let _ = stop_tx.send(true);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        std::process::exit(130);
     });
     match cli.command {
         Command::Bootstrap {
