@@ -16,8 +16,14 @@ use tokio::sync::watch;
 
 use crate::bootstrap::{self, BootstrapOptions};
 use crate::cluster::{pg_bindir, Cluster, ClusterOptions};
-use crate::follow::{self, FollowOptions, StopAt};
+use crate::follow::{self, Ack, FollowOptions, JournalFollow, StopAt};
 use crate::pg::conninfo::ConnInfo;
+
+mod latency;
+// The demo includes the same client; the bench reads the stream the same way.
+#[allow(clippy::duplicate_mod)]
+#[path = "../examples/nms_memory/sse.rs"]
+mod sse;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -141,10 +147,7 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
         .await?
         .get(0);
     let written = Instant::now();
-    for i in 0..options.transactions {
-        p.execute("SELECT nms.workload_tick($1)", &[&(i as i32)])
-            .await?;
-    }
+    write_backlog(&p, 0, options.transactions).await?;
     p.batch_execute("INSERT INTO bench.marker VALUES (1)")
         .await?;
     let wal_after: String = p
@@ -161,6 +164,7 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
     follow_options.stop_at = StopAt::CaughtUp;
     let followed = follow::follow(&follow_options, stop.clone(), None).await?;
     let ours_seconds = started.elapsed().as_secs_f64();
+    let followed_rate = followed.transactions as f64 / ours_seconds;
     timings.push(Timing {
         what: "catch-up",
         tool: "understudy follow",
@@ -190,6 +194,57 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
         .await
         .ok();
 
+    // Cost of journaling: the same backlog again, caught up through a journal, acknowledging
+    // what is durable in it, then what is applied.
+    let work =
+        std::env::temp_dir().join(format!("understudy-bench-journal-{}", std::process::id()));
+    std::fs::remove_dir_all(&work).ok();
+    for (round, (ack, tool)) in [
+        (Ack::Journal, "understudy follow --journal --ack journal"),
+        (Ack::Applied, "understudy follow --journal --ack applied"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        write_backlog(
+            &p,
+            (round as i64 + 1) * options.transactions,
+            options.transactions,
+        )
+        .await?;
+        let mut journal = JournalFollow::new(work.join(format!("journal-{round}")));
+        journal.ack = ack;
+        let mut follow_options = FollowOptions::new(primary.clone(), ours.clone());
+        follow_options.stop_at = StopAt::CaughtUp;
+        follow_options.journal = Some(journal);
+        let started = Instant::now();
+        let followed = follow::follow(&follow_options, stop.clone(), None).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let rate = followed.transactions as f64 / seconds;
+        timings.push(Timing {
+            what: "catch-up",
+            tool,
+            seconds,
+            note: format!(
+                "{} txns, {} rows: {:.0} txn/s, {:.2}x the throughput without a journal",
+                followed.transactions,
+                followed.rows,
+                rate,
+                rate / (followed_rate.max(1e-9))
+            ),
+        });
+    }
+
+    // End-to-end latency: primary commit to message delivered on the SSE stream.
+    let latency = latency::measure(&primary, &ours, &work.join("journal-latency")).await?;
+    std::fs::remove_dir_all(&work).ok();
+    timings.push(Timing {
+        what: "latency",
+        tool: "commit → message delivered (p50 / p99 / max)",
+        seconds: latency.p50_ms / 1000.0,
+        note: latency.to_string(),
+    });
+
     let report = crate::check::check(&primary, &ours).await?;
     if !report.identical() {
         bail!(
@@ -211,6 +266,13 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
     ));
     out.push_str("| measure | tool | seconds | vs understudy | note |\n|---|---|---:|---:|---|\n");
     for t in &timings {
+        if t.what == "latency" {
+            out.push_str(&format!(
+                "| {} | {} | – | – | {} |\n",
+                t.what, t.tool, t.note
+            ));
+            continue;
+        }
         let ours = timings
             .iter()
             .find(|o| o.what == t.what && o.tool.starts_with("understudy"))
@@ -229,6 +291,16 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
         report.tables, report.rows
     ));
     Ok(out)
+}
+
+/// `count` NMS transactions on the primary, one `nms.workload_tick` each, seeds from `first`.
+async fn write_backlog(p: &tokio_postgres::Client, first: i64, count: i64) -> Result<()> {
+    for i in first..first + count {
+        p.execute("SELECT nms.workload_tick($1)", &[&(i as i32)])
+            .await
+            .context("while writing the backlog")?;
+    }
+    Ok(())
 }
 
 async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<()>
