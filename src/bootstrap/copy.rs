@@ -208,7 +208,9 @@ async fn copy_part(
         counters
             .bytes
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        writer.send(chunk).await?;
+        // `feed`, not `send`: the sink batches rows into 4 KiB CopyData messages only when it is
+        // not flushed after each one.
+        writer.feed(chunk).await?;
     }
     let rows = writer.finish().await?;
     counters.rows.fetch_add(rows, Ordering::Relaxed);
