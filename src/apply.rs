@@ -12,7 +12,6 @@
 //!
 //! [`Applier::connect`] applies over our own [`Session`]: row changes go as Bind/Execute with one
 //! Sync per batch, so the standby ends a command and flushes its socket per batch, not per row.
-//! [`Applier::new`] applies over a tokio-postgres client, one Sync per statement.
 //!
 //! The apply session runs with `session_replication_role = replica`, as PostgreSQL's own apply
 //! worker does, so the standby's triggers and foreign-key checks do not fire a second time (the
@@ -25,8 +24,6 @@ mod statement;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-use tokio_postgres::Client;
 
 use crate::decode::{
     pg_time_to_unix_micros, Begin, Commit, Datum, Delete, Insert, Message, OldTuple, RelId,
@@ -131,11 +128,6 @@ impl Applier {
             .await
             .map_err(|e| ApplyError::standby("while connecting to the standby", e))?;
         Applier::start(Pipeline::session(session, PIPELINE_DEPTH), applied).await
-    }
-
-    /// Set up the apply session on `client`, resuming after `applied`.
-    pub async fn new(client: Client, applied: Lsn) -> Result<Applier, ApplyError> {
-        Applier::start(Pipeline::client(client, PIPELINE_DEPTH), applied).await
     }
 
     async fn start(mut pipeline: Pipeline, applied: Lsn) -> Result<Applier, ApplyError> {

@@ -32,6 +32,7 @@ use crate::messages::{to_json, MessageReader};
 use crate::notify::{replay_to_sinks, SinkConfig};
 use crate::pg::conninfo::ConnInfo;
 use crate::state;
+use crate::state::APPLY_LOCK;
 use crate::translate::Rules;
 
 /// Where replayed messages go.
@@ -181,9 +182,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
 }
 
-/// The advisory lock `follow` holds on the standby while it applies (see `follow::source`).
-const APPLY_LOCK: (i32, i32) = (0x756e_6465, 1);
-
 /// Applies the journal's transactions from `from` to a standby.
 async fn to_standby(
     journal: &JournalHandle,
@@ -226,7 +224,9 @@ async fn to_standby(
             info.redacted()
         );
     }
-    let mut applier = Applier::new(client, applied).await?;
+    // `client` keeps the apply lock while the applier works on its own session.
+    let _lock = client;
+    let mut applier = Applier::connect(info, applied).await?;
     let (tx, mut rx) = mpsc::channel::<Result<Message>>(4096);
     let reader = journal.reader_from(from)?;
     std::thread::Builder::new()

@@ -16,6 +16,9 @@ use crate::lsn::Lsn;
 /// The schema understudy keeps its own state in, on every node.
 pub const SCHEMA: &str = "understudy";
 
+/// Advisory lock key held by the one applier of a standby database (follow, replay, promote).
+pub(crate) const APPLY_LOCK: (i32, i32) = (0x756e_6465, 1);
+
 /// The SQL that creates understudy's schema.
 pub const SCHEMA_SQL: &str = include_str!("../sql/understudy.sql");
 

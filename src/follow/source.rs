@@ -13,14 +13,13 @@ use crate::lsn::Lsn;
 use crate::pg::replication::{ReplicationConnection, ReplicationMessage};
 use crate::pg::PgError;
 use crate::state;
+use crate::state::APPLY_LOCK;
 
 /// Messages queued between the source and the dispatcher; the bound is the backpressure, and
 /// with it the memory a huge transaction can take.
 pub(super) const CHANNEL_CAPACITY: usize = 4096;
 /// Status updates go out at least this often (well under any sane `wal_sender_timeout / 2`).
 pub(super) const STATUS_INTERVAL: Duration = Duration::from_secs(1);
-/// Advisory lock key held by the one applier of a standby database.
-const APPLY_LOCK: (i32, i32) = (0x756e_6465, 1);
 
 enum Item {
     Msg(Message),

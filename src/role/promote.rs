@@ -49,13 +49,11 @@ use super::{guard, Epoch, Role};
 use crate::ident::quote_ident;
 use crate::lsn::Lsn;
 use crate::pg::conninfo::ConnInfo;
+use crate::state::APPLY_LOCK;
 use crate::state::{self, SourceState};
 
 mod sequences;
 pub use sequences::{SequenceReport, SequenceSource};
-
-/// understudy's apply lock (`follow` holds it while it applies to the standby).
-const APPLY_LOCK: (i32, i32) = (0x756e_6465, 1);
 
 /// How a promotion runs.
 #[derive(Clone, Debug)]
