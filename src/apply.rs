@@ -131,9 +131,12 @@ impl Applier {
     }
 
     async fn start(mut pipeline: Pipeline, applied: Lsn) -> Result<Applier, ApplyError> {
+        // synchronous_commit = local: a standby database that still lists a synchronous standby
+        // (an old primary turned standby) must never make applying wait for a standby of its own.
         pipeline
             .simple(
-                "SET session_replication_role = replica; SET datestyle = ISO; \
+                "SET session_replication_role = replica; SET synchronous_commit = local; \
+                 SET datestyle = ISO; \
                  SET intervalstyle = postgres; SET timezone = UTC; SET extra_float_digits = 3; \
                  SET plan_cache_mode = force_generic_plan",
             )

@@ -13,6 +13,7 @@ use crate::lsn::Lsn;
 use crate::pg::conninfo::ConnInfo;
 
 mod messages;
+mod sidecar;
 
 /// Keeps a standby network management system hot at the database level.
 #[derive(Parser, Debug)]
@@ -162,6 +163,28 @@ pub enum Command {
     Promote {
         #[command(flatten)]
         args: messages::PromoteArgs,
+    },
+    /// Run the sidecar beside this node's NMS: take the role the databases say (bootstrap a new
+    /// standby, follow, fail over, fence, rejoin), serve /v1/status, /metrics and the controls.
+    Run {
+        #[command(flatten)]
+        config: sidecar::ConfigArgs,
+    },
+    /// Planned switchover through the running sidecars: fence the primary's writers, let the
+    /// standby apply the final LSN, promote it; the old primary follows it (no copy).
+    Switchover {
+        #[command(flatten)]
+        config: sidecar::ConfigArgs,
+    },
+    /// Make this node, an old primary, the standby of the new primary: fence it, save what it
+    /// committed after the promotion point (divergence file), follow or copy again. Exit 2 when
+    /// something diverged.
+    Rejoin {
+        #[command(flatten)]
+        config: sidecar::ConfigArgs,
+        /// Copy again from the new primary even when what diverged cannot be determined.
+        #[arg(long)]
+        discard_unknown: bool,
     },
     /// Show the slot, the applied position and the lag.
     Status {
@@ -352,7 +375,22 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Replay { args } => messages::replay(args, stop_rx).await,
-        Command::Promote { args } => messages::promote(args).await,
+        Command::Promote { args } => match args.config.clone() {
+            Some(config) => {
+                let config = sidecar::ConfigArgs {
+                    config,
+                    node: args.node.clone(),
+                };
+                sidecar::promote(config, args.force).await
+            }
+            None => messages::promote(args).await,
+        },
+        Command::Run { config } => sidecar::run(config, stop_rx).await,
+        Command::Switchover { config } => sidecar::switchover(config).await,
+        Command::Rejoin {
+            config,
+            discard_unknown,
+        } => sidecar::rejoin(config, discard_unknown, stop_rx).await,
         Command::Demo { duration } => {
             crate::demo::run(Duration::from_secs(duration), stop_rx).await?;
             Ok(0)

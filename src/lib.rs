@@ -35,6 +35,7 @@ pub mod notify;
 pub mod pg;
 pub mod replay;
 pub mod role;
+pub mod sidecar;
 pub mod state;
 pub mod status;
 pub mod translate;

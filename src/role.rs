@@ -23,10 +23,14 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod divergence;
 pub mod guard;
 pub mod machine;
 pub mod node;
 pub mod promote;
+pub mod rejoin;
+pub mod switchover;
+pub mod sync;
 
 /// A node's generation as the writer. Promotion raises it; it never goes down.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -130,8 +130,19 @@ pub async fn replay(args: ReplayArgs, stop: watch::Receiver<bool>) -> Result<i32
 #[derive(Args, Debug, Clone)]
 pub struct PromoteArgs {
     /// The standby to promote.
-    #[arg(long, env = "UNDERSTUDY_STANDBY", value_name = "DSN")]
-    pub standby: String,
+    #[arg(
+        long,
+        env = "UNDERSTUDY_STANDBY",
+        value_name = "DSN",
+        required_unless_present = "config"
+    )]
+    pub standby: Option<String>,
+    /// Ask this node's running sidecar to promote it instead (the sidecar's configuration).
+    #[arg(long, value_name = "FILE", conflicts_with = "standby")]
+    pub config: Option<std::path::PathBuf>,
+    /// With --config: this node's name, overriding `node` in the file.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub node: Option<String>,
     /// The old primary, when it still answers (its sequences are read; it is never written).
     #[arg(long, env = "UNDERSTUDY_PRIMARY", value_name = "DSN")]
     pub primary: Option<String>,
@@ -153,7 +164,7 @@ pub struct PromoteArgs {
 }
 
 pub async fn promote(args: PromoteArgs) -> Result<i32> {
-    let standby = ConnInfo::parse(&args.standby)?;
+    let standby = ConnInfo::parse(args.standby.as_deref().unwrap_or_default())?;
     let primary = args.primary.as_deref().map(ConnInfo::parse).transpose()?;
     let options = PromoteOptions {
         nms_roles: args.nms_roles,

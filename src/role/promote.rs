@@ -246,6 +246,11 @@ pub async fn promote(
     let sequences = sequences::bring_forward(&s, on_primary, options.sequence_margin).await?;
 
     let publication_created = ensure_publication(&s, &options.publication).await?;
+    // A slot of that name on a node that was not yet primary is a leftover from an older epoch
+    // (its position is stale): start the reverse stream afresh.
+    if pre.node.role != Role::Primary {
+        drop_stale_slot(&s, &options.reverse_slot).await?;
+    }
     let slot = ensure_slot(&s, &options.reverse_slot).await?;
     let promotion_lsn: Lsn = s
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -432,6 +437,30 @@ async fn ensure_publication(s: &Client, name: &str) -> Result<bool> {
 }
 
 /// Create the reverse slot when missing (ordinary connection, pgoutput).
+async fn drop_stale_slot(s: &Client, name: &str) -> Result<()> {
+    let active: Option<Option<i32>> = s
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| r.get(0));
+    match active {
+        None => Ok(()),
+        Some(Some(pid)) => bail!(
+            "slot {name} on this standby is in use by process {pid}; nothing should stream from \
+             a standby: stop that consumer (or choose another reverse slot name) and promote again"
+        ),
+        Some(None) => {
+            tracing::warn!("dropping the leftover slot {name} before creating the reverse slot");
+            s.execute("SELECT pg_drop_replication_slot($1)", &[&name])
+                .await
+                .with_context(|| format!("while dropping the leftover slot {name}"))?;
+            Ok(())
+        }
+    }
+}
+
 async fn ensure_slot(s: &Client, name: &str) -> Result<SlotReport> {
     let exists = s
         .query_opt(
