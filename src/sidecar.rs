@@ -27,6 +27,7 @@ pub mod config;
 mod first_start;
 mod follower;
 pub mod http;
+pub mod local;
 pub mod report;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
