@@ -124,6 +124,10 @@ struct Sidecar {
     sync_policy: Option<sync::SyncPolicy>,
     /// The follower failed and is waiting to be started again.
     follower_retry_at: Option<Instant>,
+    /// When write privileges of the NMS roles were last looked for (standby and fenced).
+    guard_checked: Option<Instant>,
+    /// The alarms the synchronous-mode policy raised (cleared together).
+    sync_alarms: Vec<String>,
 }
 
 impl Sidecar {
@@ -172,6 +176,8 @@ impl Sidecar {
             peer_current_lsn: None,
             sync_policy: None,
             follower_retry_at: None,
+            guard_checked: None,
+            sync_alarms: Vec::new(),
         }
     }
 
@@ -245,6 +251,9 @@ impl Sidecar {
             Some(Role::Standby) => self.standby_duties(peer.is_ok()).await?,
             Some(Role::Primary) => self.primary_duties().await?,
             _ => {}
+        }
+        if self.machine.is_some_and(|s| s.role != Role::Primary) {
+            self.check_guard().await?;
         }
         self.refresh_lsns().await;
         Ok(())
@@ -493,11 +502,13 @@ impl Sidecar {
             }
         }
         if cleared {
-            self.status.alarms.clear();
+            let mine = std::mem::take(&mut self.sync_alarms);
+            self.status.alarms.retain(|a| !mine.contains(a));
         }
         for text in raised {
             if !self.status.alarms.contains(&text) {
-                self.status.alarms.push(text);
+                self.status.alarms.push(text.clone());
+                self.sync_alarms.push(text);
             }
         }
         let fallen_back = matches!(state, sync::SyncState::AsyncFallback { .. });
@@ -511,6 +522,27 @@ impl Sidecar {
             sync::SyncState::AsyncFallback { .. } => "async_fallback",
         }
         .into();
+        Ok(())
+    }
+
+    /// Every 10 s on a standby or fenced node: report NMS write privileges that came back
+    /// (someone granted them by hand) as an alarm.
+    async fn check_guard(&mut self) -> Result<()> {
+        if self
+            .guard_checked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return Ok(());
+        }
+        self.guard_checked = Some(Instant::now());
+        let roles = self.cfg.nms.roles.clone();
+        let crept = guard::crept_back(&*self.own_client().await?, &roles).await?;
+        const PREFIX: &str = "write privilege crept back on this read-only node: ";
+        self.status.alarms.retain(|a| !a.starts_with(PREFIX));
+        for c in crept.iter().take(5) {
+            tracing::warn!("{PREFIX}{c}");
+            self.status.alarms.push(format!("{PREFIX}{c}"));
+        }
         Ok(())
     }
 

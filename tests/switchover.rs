@@ -112,6 +112,36 @@ async fn ten_switchovers_under_load_lose_nothing_and_need_no_copy() {
         SWITCHOVERS
     );
 
+    // A write privilege granted by hand on the standby shows up as an alarm in its status.
+    let standby = 1 - primary;
+    let c = understudy::pg::conninfo::ConnInfo::parse(&sc.dsn(standby))
+        .unwrap()
+        .connect("test")
+        .await
+        .unwrap();
+    c.batch_execute("GRANT INSERT ON nms.ledger TO nms_app")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let alarms = sc
+            .status(standby)
+            .await
+            .map(|s| s.alarms)
+            .unwrap_or_default();
+        if alarms
+            .iter()
+            .any(|a| a.contains("crept back") && a.contains("nms.ledger"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no alarm for the privilege granted by hand: {alarms:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     windows.sort_by(f64::total_cmp);
     client_gaps.sort_by(f64::total_cmp);
     let p50 = |v: &[f64]| v[v.len() / 2];
