@@ -46,6 +46,7 @@ use crate::state::{self, SourceState};
 
 use config::{application_name, slot_for, Config, SyncMode, Witness};
 use first_start::PeerFacts;
+pub use follower::apply_journal;
 use follower::Follower;
 use http::{Command, Request};
 use report::SidecarStatus;

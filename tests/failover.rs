@@ -245,12 +245,10 @@ async fn wait_sync(sc: &Sidecars, primary: usize) {
     }
 }
 
+/// Both modes in one test, one after the other: failure detection is timing-based, and two
+/// pairs under load side by side on a small machine would make probes time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn asynchronous_failover_ten_times_loses_nothing_silently() {
+async fn ten_failovers_each_async_and_sync_lose_nothing_silently() {
     failovers(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn synchronous_failover_ten_times_loses_no_acknowledged_transaction() {
     failovers(true).await;
 }

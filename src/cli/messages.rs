@@ -161,6 +161,10 @@ pub struct PromoteArgs {
     /// Promote even a node fenced by a higher epoch (only when that peer is gone for good).
     #[arg(long)]
     pub force: bool,
+    /// The stopped follower's journal: what it holds beyond the standby's applied position is
+    /// applied first (with `--ack journal` the primary may have let go of it already).
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<std::path::PathBuf>,
 }
 
 pub async fn promote(args: PromoteArgs) -> Result<i32> {
@@ -175,6 +179,12 @@ pub async fn promote(args: PromoteArgs) -> Result<i32> {
         old_primary_timeout: Duration::from_secs(5),
         ..PromoteOptions::default()
     };
+    if let Some(dir) = &args.journal {
+        let n = crate::sidecar::apply_journal(dir, &standby)
+            .await
+            .map_err(|e| e.context("while applying the journal before promoting"))?;
+        println!("applied {n} journaled transaction(s) before promoting");
+    }
     let summary = crate::role::promote::promote(&standby, primary.as_ref(), &options).await?;
     println!("{summary}");
     Ok(0)
