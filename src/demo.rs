@@ -8,6 +8,9 @@
 //! The follower journals, serves the message stream, and the example NMS in-memory model
 //! (`examples/nms_memory/`) loads itself from the standby and then follows the stream alone; at
 //! the end it is compared with a model loaded fresh from the primary.
+//!
+//! Then the two clusters go to a pair of in-process sidecars (submodule `roles`), which run a
+//! switchover and an automatic failover while the NMS keeps writing as `nms_app`.
 
 #[path = "../examples/nms_memory/load.rs"]
 mod load;
@@ -15,6 +18,8 @@ mod load;
 mod model;
 #[path = "../examples/nms_memory/sse.rs"]
 mod sse;
+
+mod roles;
 
 use std::time::{Duration, Instant};
 
@@ -63,8 +68,9 @@ pub async fn run(duration: Duration, stop: watch::Receiver<bool>) -> Result<()> 
         .batch_execute(NMS_WORKLOAD)
         .await
         .context("while loading the example NMS workload")?;
+    roles::create_nms_role(&primary, &standby).await?;
     println!(
-        "example NMS loaded on the primary in {:.1} s",
+        "example NMS loaded on the primary in {:.1} s (role nms_app on both clusters)",
         loaded.elapsed().as_secs_f64()
     );
 
@@ -157,9 +163,15 @@ pub async fn run(duration: Duration, stop: watch::Receiver<bool>) -> Result<()> 
         report.tables, report.rows, report.sequences
     );
     std::fs::remove_dir_all(&work).ok();
-    drop(primary_cluster);
-    drop(standby_cluster);
-    println!("demo done: clusters stopped and removed");
+    if *stop.borrow() {
+        println!("interrupted: clusters stopped and removed");
+        return Ok(());
+    }
+    if roles::run([primary_cluster, standby_cluster], stop).await? {
+        println!("interrupted: sidecars stopped, clusters stopped and removed");
+    } else {
+        println!("demo done: clusters stopped and removed");
+    }
     Ok(())
 }
 
@@ -178,24 +190,11 @@ async fn drive_workload(
         let client = primary.connect("nms workload").await?;
         let halt = halt_rx.clone();
         sessions.spawn(async move {
-            let mut ticks = 0u64;
-            let mut last_storm = Instant::now();
+            let mut nms = NmsSession::new(session);
             while !*halt.borrow() {
-                let seed = (ticks as i32).wrapping_mul(2).wrapping_add(session);
-                client
-                    .execute("SELECT nms.workload_tick($1)", &[&seed])
-                    .await
-                    .context("workload tick")?;
-                if session == 0 && last_storm.elapsed() > Duration::from_secs(5) {
-                    client
-                        .execute("SELECT nms.alarm_storm(20, 8)", &[])
-                        .await
-                        .context("alarm storm")?;
-                    last_storm = Instant::now();
-                }
-                ticks += 1;
+                nms.step(&client).await.context("NMS workload")?;
             }
-            Ok::<u64, anyhow::Error>(ticks)
+            Ok::<u64, anyhow::Error>(nms.transactions)
         });
     }
     let watcher = primary.connect("understudy demo").await?;
@@ -234,6 +233,44 @@ async fn drive_workload(
     }
     println!("workload: {ticks} NMS transactions written");
     Ok(interrupted)
+}
+
+/// One NMS session of the example workload: ticks (`nms.workload_tick`), and on session 0 an
+/// alarm storm every 5 s. Each call is one autocommit transaction.
+struct NmsSession {
+    session: i32,
+    ticks: i32,
+    last_storm: Instant,
+    /// Transactions committed.
+    transactions: u64,
+}
+
+impl NmsSession {
+    fn new(session: i32) -> NmsSession {
+        NmsSession {
+            session,
+            ticks: 0,
+            last_storm: Instant::now(),
+            transactions: 0,
+        }
+    }
+
+    /// The session's next transaction. On an error it did not commit, and the next call
+    /// tries the same one again.
+    async fn step(&mut self, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+        if self.session == 0 && self.last_storm.elapsed() > Duration::from_secs(5) {
+            client.execute("SELECT nms.alarm_storm(20, 8)", &[]).await?;
+            self.last_storm = Instant::now();
+        } else {
+            let seed = self.ticks.wrapping_mul(2).wrapping_add(self.session);
+            client
+                .execute("SELECT nms.workload_tick($1)", &[&seed])
+                .await?;
+            self.ticks = self.ticks.wrapping_add(1);
+        }
+        self.transactions += 1;
+        Ok(())
+    }
 }
 
 /// The example NMS model on the standby side: loaded from the standby, then fed by the stream.

@@ -211,6 +211,15 @@ impl Sidecar {
             None => {
                 let mut s = NodeState::new(own.role, own.epoch, policy);
                 s.following = self.follower.is_some();
+                // A standby follows a primary at its own epoch by construction: failover is
+                // armed even if the primary is already gone when this sidecar starts (the
+                // witness still has to agree).
+                if own.role == Role::Standby {
+                    s.peer = Some(machine::Peer {
+                        role: Role::Primary,
+                        epoch: own.epoch,
+                    });
+                }
                 s
             }
         };
@@ -369,10 +378,18 @@ impl Sidecar {
         .map_err(|why| anyhow!(why))?;
         tracing::info!(node = %self.cfg.this, "first start: this node is the {}", role.as_str());
         let name = self.cfg.this.clone();
+        let peer_epoch = match &facts {
+            PeerFacts::Seen {
+                record: Some(r), ..
+            } => r.epoch,
+            _ => crate::role::Epoch(0),
+        };
         let roles = self.cfg.nms.roles.clone();
         let client = self.own_client().await?;
         node::ensure_node(&*client, &name, role).await?;
         if role == Role::Standby {
+            // A standby of a primary at epoch N is at epoch N: a lower epoch would fence it.
+            node::record_role(client, Role::Standby, peer_epoch).await?;
             let tables = guard::replicated_tables(&*client).await?;
             guard::make_read_only(client, &roles, &tables).await?;
         }
@@ -452,9 +469,17 @@ impl Sidecar {
         if let Some(dir) = &me.journal {
             rejoin::empty_journal(dir)?;
         }
-        // --force dropped every schema here, understudy's node row with it.
+        // --force dropped every schema here, understudy's node row with it: record it again, at
+        // the primary's epoch.
+        let peer_epoch = match self.peer.as_ref() {
+            Some(p) => node::read_state(p).await?.map(|r| r.epoch),
+            None => None,
+        };
         let client = self.own_client().await?;
         node::ensure_node(&*client, &me.name, Role::Standby).await?;
+        if let Some(e) = peer_epoch {
+            node::record_role(client, Role::Standby, e).await?;
+        }
         Ok(())
     }
 
@@ -467,8 +492,9 @@ impl Sidecar {
         let loss = self.cfg.sync.on_standby_loss;
         let client = self.own_client().await?;
         let seen = sync::standby_seen(&*client, &standby_app).await?;
+        let current = switchover::current_lsn(&*client).await?;
+        let names = sync::synchronous_standby_names(&*client).await?;
         if let Some(s) = &seen {
-            let current = switchover::current_lsn(&*client).await?;
             self.status.lsn.primary_current = Some(current);
             self.status.lsn.applied = s.flush_lsn;
             self.status.lag_bytes = s.flush_lsn.map(|f| current.0.saturating_sub(f.0));
@@ -478,13 +504,18 @@ impl Sidecar {
             return Ok(());
         }
         let streaming = seen.as_ref().is_some_and(|s| s.is_streaming());
-        let policy = self
-            .sync_policy
-            .get_or_insert_with(|| sync::SyncPolicy::new(loss));
+        // A primary found without a synchronous standby (just promoted, or restarted during a
+        // fallback) asks for one again only once the standby streams (policy `async`).
+        let policy = self.sync_policy.get_or_insert_with(|| {
+            if names.trim().is_empty() {
+                sync::SyncPolicy::fallen_back(loss, Instant::now())
+            } else {
+                sync::SyncPolicy::new(loss)
+            }
+        });
         let actions = policy.observe(Instant::now(), streaming);
         let state = policy.state().clone();
         let client = self.own_client().await?;
-        let names = sync::synchronous_standby_names(&*client).await?;
         let mut raised = Vec::new();
         let mut cleared = false;
         for action in actions {
@@ -598,7 +629,7 @@ impl Sidecar {
                 | Action::RunHook(Hook::Promote) => {
                     if !promoted {
                         promoted = true;
-                        self.promote_now(kind, true).await?;
+                        self.promote_now(kind, false).await?;
                     }
                 }
                 Action::SaveDivergence | Action::AdoptEpoch(_) => {
@@ -629,10 +660,17 @@ impl Sidecar {
             self.cfg.failover.drain_timeout,
         );
         let client = self.own_client().await?;
-        // Commits waiting for the (gone) synchronous standby end now instead of being terminated:
-        // the peer is ahead, so whatever commits here is divergence and gets saved on rejoin.
+        // Fence first: NMS commits waiting for the standby that was promoted away are
+        // terminated, never acknowledged. Only then may this database stop asking for it.
+        switchover::fence_writers(
+            client,
+            &name,
+            &roles,
+            drain,
+            switchover::SyncWaiters::Terminate,
+        )
+        .await?;
         rejoin::clear_synchronous_standby(&*client).await?;
-        switchover::fence_writers(client, &name, &roles, drain).await?;
         self.sync_policy = None;
         if let Some(cmd) = self.cfg.hooks.demote.clone() {
             if let Err(e) = run_hook("demote", &cmd, self.cfg.hooks.timeout).await {
@@ -669,11 +707,24 @@ impl Sidecar {
         self.status.following = false;
         let me = self.cfg.this_node().clone();
         if let Some(dir) = &me.journal {
-            let n = follower::apply_journal(dir, &me.database)
-                .await
-                .context("while applying the journal before promoting")?;
-            if n > 0 {
-                tracing::info!("applied {n} journaled transaction(s) before promoting");
+            match follower::apply_journal(dir, &me.database).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("applied {n} journaled transaction(s) before promoting"),
+                Err(e) if force => tracing::error!(
+                    "promoting without applying the journal {} (forced): {e:#}. What it holds \
+                     beyond the applied position is not on this node: replay it with \
+                     `understudy replay --journal {} --from-lsn <applied> --to stdout`",
+                    dir.display(),
+                    dir.display()
+                ),
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "while applying the journal {} before promoting (nothing was changed); \
+                         fix the cause, or promote with force to go ahead without what the \
+                         journal holds",
+                        dir.display()
+                    )))
+                }
             }
         }
         let options = PromoteOptions {
@@ -708,6 +759,7 @@ impl Sidecar {
         self.machine = None;
         self.lost_since = None;
         self.own = None;
+        self.sync_policy = None;
         Ok(summary)
     }
 
@@ -750,6 +802,7 @@ impl Sidecar {
         }
         self.machine = None;
         self.follower_retry_at = None;
+        self.sync_policy = None;
         Ok(())
     }
 
@@ -827,16 +880,18 @@ impl Sidecar {
             );
         }
         let peer = self.cfg.peer().clone();
-        let mut primary = peer
-            .database
-            .connect("understudy switchover")
-            .await
-            .context("while connecting to the primary")?;
+        let limit = self.cfg.failover.connect_timeout;
+        let mut primary =
+            tokio::time::timeout(limit, peer.database.connect("understudy switchover"))
+                .await
+                .map_err(|_| anyhow!("the primary did not answer within {limit:?}"))?
+                .context("while connecting to the primary")?;
         let fenced = switchover::fence_writers(
             &mut primary,
             &peer.name,
             &self.cfg.nms.roles,
             self.cfg.failover.drain_timeout,
+            switchover::SyncWaiters::Finish,
         )
         .await?;
         tracing::info!(final_lsn = %fenced.final_lsn, "primary fenced; waiting for the standby to apply its final LSN");
@@ -855,8 +910,17 @@ impl Sidecar {
         let summary = match self.promote_now("switchover", false).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = switchover::unfence(&mut primary).await;
-                return Err(e.context("switchover abandoned; the primary writes again"));
+                // Give the old primary its writers back only if this node did not become the
+                // primary after all (the promotion may have failed after its commit).
+                let mine = self.read_own().await;
+                if matches!(&mine, Ok(Some(r)) if r.role == Role::Standby) {
+                    let _ = switchover::unfence(&mut primary).await;
+                    return Err(e.context("switchover abandoned; the primary writes again"));
+                }
+                return Err(e.context(
+                    "the switchover's promotion reported an error after this node may have \
+                     become primary; the old primary stays fenced and rejoins",
+                ));
             }
         };
         let window = fenced.at.elapsed();

@@ -214,7 +214,12 @@ pub async fn promote(
     // What the old primary says, when it answers; its failures never stop a failover.
     let on_primary = match &old {
         Ok(p) => {
-            match node::read_state(p).await {
+            // A server that accepts connections but hangs on queries counts as not answering.
+            let limit = options.old_primary_timeout;
+            let state = tokio::time::timeout(limit, node::read_state(p))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {limit:?}")));
+            match state {
                 Ok(Some(theirs)) if theirs.epoch > pre.node.epoch => bail!(
                     "the old primary is at epoch {}, above this node's {}: this node is stale and \
                      must rejoin, not promote. Nothing was changed",
@@ -233,9 +238,10 @@ pub async fn promote(
                 }
                 Err(e) => warnings.push(format!("could not read the old primary's epoch: {e:#}")),
             }
-            sequences::read_primary(p)
-                .await
-                .map_err(|e| format!("{e:#}"))
+            match tokio::time::timeout(limit, sequences::read_primary(p)).await {
+                Ok(r) => r.map_err(|e| format!("{e:#}")),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            }
         }
         Err(why) => Err(why.clone()),
     };

@@ -154,15 +154,17 @@ pub async fn rejoin(
         }
     }
 
-    // 1. Fence.
-    clear_synchronous_standby(&me).await?;
+    // 1. Fence (NMS commits waiting for a synchronous standby are terminated, never
+    // acknowledged), then stop asking for a synchronous standby.
     switchover::fence_writers(
         &mut me,
         &options.node_name,
         &options.nms_roles,
         options.drain_timeout,
+        switchover::SyncWaiters::Terminate,
     )
     .await?;
+    clear_synchronous_standby(&me).await?;
 
     // 2 and 3. The promotion point, and what diverged after it.
     let point: Option<Option<String>> = them

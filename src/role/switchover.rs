@@ -3,10 +3,12 @@
 //! 1. One transaction on the primary: the NMS roles' write privileges on the replicated tables
 //!    revoked and recorded ([`guard::make_read_only`]), and the node recorded `fenced` at its
 //!    epoch. From its commit on, no new write statement of the NMS succeeds.
-//! 2. Transactions of the NMS that were already writing may still commit: wait up to the drain
-//!    timeout for them to end, then terminate the rest (their clients were never told they
-//!    committed, so nothing acknowledged is lost).
-//! 3. The final LSN: the primary's WAL position once no NMS transaction is open. Every
+//! 2. Transactions and statements of the NMS that were already under way may still commit (a
+//!    statement's privileges are checked when it starts): wait up to the drain timeout until no
+//!    NMS session has a transaction open or a statement running, then terminate the rest (their
+//!    clients were never told they committed, so nothing acknowledged is lost). Prepared
+//!    transactions of the NMS cannot be terminated: fencing fails while any is left.
+//! 3. The final LSN: the primary's WAL insert position once no NMS transaction is open. Every
 //!    transaction the primary acknowledged committed before it.
 //! 4. A marker: one published transaction after the final LSN (the node row's `updated_at`), so
 //!    the standby's applied position passes the final LSN even when nothing else is written.
@@ -20,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio_postgres::Client;
 
 use super::{guard, node, Epoch, Role};
@@ -39,6 +41,16 @@ pub struct Fenced {
     pub terminated: Vec<i32>,
 }
 
+/// What happens to NMS commits waiting for a synchronous standby while fencing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncWaiters {
+    /// The standby still streams (a switchover): they complete, and are before the final LSN.
+    Finish,
+    /// The standby was promoted away: nobody will confirm them, so they are terminated at once
+    /// and their clients never see them commit.
+    Terminate,
+}
+
 /// Fence the NMS's writers on the primary `client` and return its final LSN (see the module
 /// documentation for the steps).
 pub async fn fence_writers(
@@ -46,6 +58,7 @@ pub async fn fence_writers(
     node_name: &str,
     nms_roles: &[String],
     drain_timeout: Duration,
+    sync_waiters: SyncWaiters,
 ) -> Result<Fenced> {
     client
         .batch_execute("SET synchronous_commit = local")
@@ -58,8 +71,8 @@ pub async fn fence_writers(
         .context("while fencing the primary's NMS writers")?;
     node::record_role(client, Role::Fenced, Epoch(0)).await?;
     let at = Instant::now();
-    let terminated = drain_writers(client, nms_roles, drain_timeout).await?;
-    let final_lsn = current_lsn(client).await?;
+    let terminated = drain_writers(client, nms_roles, drain_timeout, sync_waiters).await?;
+    let final_lsn = insert_lsn(client).await?;
     client
         .execute(
             "UPDATE understudy.node SET updated_at = now() WHERE id = 1",
@@ -90,48 +103,63 @@ pub async fn unfence(client: &mut Client) -> Result<()> {
     Ok(())
 }
 
-/// Wait until no backend of the NMS roles holds a transaction id (an open write transaction),
-/// terminating those still open after `timeout`. Returns the terminated pids.
+/// Wait until no session of the NMS roles has a transaction open or a statement running,
+/// terminating those still busy after `timeout` (and, with [`SyncWaiters::Terminate`], those
+/// waiting for a synchronous standby at once). Returns the terminated pids. Fails when prepared
+/// transactions of the NMS remain: they cannot be terminated.
 pub async fn drain_writers(
     client: &Client,
     nms_roles: &[String],
     timeout: Duration,
+    sync_waiters: SyncWaiters,
 ) -> Result<Vec<i32>> {
     let deadline = Instant::now() + timeout;
     let mut terminated = Vec::new();
     loop {
-        let pids = open_writers(client, nms_roles).await?;
-        if pids.is_empty() {
+        let busy = busy_sessions(client, nms_roles).await?;
+        let prepared = prepared_transactions(client, nms_roles).await?;
+        if busy.is_empty() && prepared.is_empty() {
             return Ok(terminated);
         }
-        if Instant::now() >= deadline {
-            for pid in &pids {
-                if !terminated.contains(pid) {
-                    tracing::warn!(
-                        pid,
-                        "an NMS transaction was still open {:.1} s after its writes were fenced: \
-                         terminating it (its client never saw it commit)",
-                        timeout.as_secs_f64()
-                    );
-                    client
-                        .execute("SELECT pg_terminate_backend($1)", &[pid])
-                        .await
-                        .context("while terminating an open NMS transaction")?;
-                    terminated.push(*pid);
-                }
+        let late = Instant::now() >= deadline;
+        if late && busy.is_empty() {
+            bail!(
+                "prepared transactions of the NMS are still open after {:.1} s ({}): they cannot \
+                 be terminated; COMMIT PREPARED or ROLLBACK PREPARED them, then try again",
+                timeout.as_secs_f64(),
+                prepared.join(", ")
+            );
+        }
+        for (pid, waits_for_sync) in &busy {
+            let now = late || (*waits_for_sync && sync_waiters == SyncWaiters::Terminate);
+            if now && !terminated.contains(pid) {
+                tracing::warn!(
+                    pid,
+                    "an NMS session was still in a transaction after its writes were fenced: \
+                     terminating it (its client never saw that transaction commit)"
+                );
+                client
+                    .execute("SELECT pg_terminate_backend($1)", &[pid])
+                    .await
+                    .context("while terminating an open NMS transaction")?;
+                terminated.push(*pid);
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// Client backends of the NMS roles (or roles that are their members) with a transaction id.
-async fn open_writers(client: &Client, nms_roles: &[String]) -> Result<Vec<i32>> {
+/// Client backends of the NMS roles (or roles that are their members; superusers, which count
+/// as members of every role and which no revoke restrains, are left alone) with a transaction
+/// open or a statement running, and whether each waits for a synchronous standby.
+async fn busy_sessions(client: &Client, nms_roles: &[String]) -> Result<Vec<(i32, bool)>> {
     let rows = client
         .query(
-            "SELECT a.pid FROM pg_stat_activity a \
+            "SELECT a.pid, coalesce(a.wait_event = 'SyncRep', false) FROM pg_stat_activity a \
              WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() \
-               AND a.backend_xid IS NOT NULL AND a.datname = current_database() \
+               AND a.datname = current_database() \
+               AND (a.state IS DISTINCT FROM 'idle' OR a.backend_xid IS NOT NULL) \
+               AND NOT EXISTS (SELECT 1 FROM pg_roles s WHERE s.oid = a.usesysid AND s.rolsuper) \
                AND EXISTS (SELECT 1 FROM unnest($1::text[]) r \
                            WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \
                              AND pg_has_role(a.usesysid, r, 'MEMBER'))",
@@ -139,7 +167,35 @@ async fn open_writers(client: &Client, nms_roles: &[String]) -> Result<Vec<i32>>
         )
         .await
         .context("while looking for open NMS transactions")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Prepared transactions owned by the NMS roles (or their members) in this database.
+async fn prepared_transactions(client: &Client, nms_roles: &[String]) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT p.gid FROM pg_prepared_xacts p \
+             WHERE p.database = current_database() \
+               AND NOT EXISTS (SELECT 1 FROM pg_roles s WHERE s.rolname = p.owner AND s.rolsuper) \
+               AND EXISTS (SELECT 1 FROM unnest($1::text[]) r \
+                           WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \
+                             AND pg_has_role(p.owner, r, 'MEMBER'))",
+            &[&nms_roles],
+        )
+        .await
+        .context("while looking for prepared NMS transactions")?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The server's WAL insert position: past every commit record written so far, acknowledged or
+/// not (with `synchronous_commit = off` a commit can be acknowledged before it is written).
+pub async fn insert_lsn(client: &Client) -> Result<Lsn> {
+    let text: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .context("while reading the WAL insert position")?
+        .get(0);
+    Ok(text.parse()?)
 }
 
 /// The server's current WAL write position.

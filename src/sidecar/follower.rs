@@ -10,6 +10,9 @@ use crate::pg::conninfo::ConnInfo;
 
 use super::config::{application_name, Config};
 
+/// How long a stopping follower may take before it is aborted.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A running follower.
 pub struct Follower {
     stop: watch::Sender<bool>,
@@ -82,22 +85,40 @@ impl Follower {
         }
     }
 
-    /// Stop it and wait until it has let go of the standby (its apply lock).
-    pub async fn stop(self) -> FollowProgress {
+    /// Stop it and wait until it has let go of the standby (its apply lock). A follower stuck
+    /// connecting to a primary that does not answer is aborted after a few seconds: dropping
+    /// its connections ends its standby session, and with it the apply lock.
+    pub async fn stop(mut self) -> FollowProgress {
         let _ = self.stop.send(true);
         let last = *self.progress.borrow();
-        match self.task.await {
-            Ok(Err(e)) => tracing::debug!("follower stopped: {e:#}"),
-            Err(e) => tracing::warn!("follower task failed: {e}"),
-            Ok(Ok(_)) => {}
+        match tokio::time::timeout(STOP_GRACE, &mut self.task).await {
+            Ok(Ok(Err(e))) => tracing::debug!("follower stopped: {e:#}"),
+            Ok(Err(e)) => tracing::warn!("follower task failed: {e}"),
+            Ok(Ok(Ok(_))) => {}
+            Err(_) => {
+                tracing::warn!(
+                    "the follower did not stop within {} s (a connection attempt hangs): aborting it",
+                    STOP_GRACE.as_secs()
+                );
+                self.task.abort();
+                let _ = (&mut self.task).await;
+            }
         }
         last
     }
 }
 
 /// Apply what the journal holds beyond the standby's applied position (before a promotion).
+/// A journal with no segment yet (nothing was journaled since it was emptied) holds nothing.
 pub async fn apply_journal(dir: &std::path::Path, standby: &ConnInfo) -> Result<u64> {
-    if !dir.exists() {
+    let has_segments = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".seg")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(anyhow!("while reading the journal {}: {e}", dir.display())),
+    };
+    if !has_segments {
         return Ok(0);
     }
     let client = standby.connect("understudy sidecar").await?;
