@@ -6,6 +6,8 @@
 //! * Catch-up after a backlog of NMS transactions written while nobody streamed: `understudy
 //!   follow --until-caught-up` vs the native subscription re-enabled (time until a marker row
 //!   committed after the backlog is visible on the subscriber).
+//! * Switchover and failover ([`roles`]): a pair of in-process sidecars under a steady NMS write
+//!   load; the no-writer window and the failover time, checked against what the NMS was told.
 //!
 //! Timings on a shared machine are noisy: compare the ratios within one report.
 
@@ -20,6 +22,7 @@ use crate::follow::{self, Ack, FollowOptions, JournalFollow, StopAt};
 use crate::pg::conninfo::ConnInfo;
 
 mod latency;
+mod roles;
 // The demo includes the same client; the bench reads the stream the same way.
 #[allow(clippy::duplicate_mod)]
 #[path = "../examples/nms_memory/sse.rs"]
@@ -34,6 +37,13 @@ pub struct BenchOptions {
     pub transactions: i64,
     /// Parallel jobs for every copying tool.
     pub jobs: usize,
+    /// Planned switchovers in the switchover and failover section (0 with `failovers` 0 skips
+    /// the section).
+    pub switchovers: usize,
+    /// Automatic failovers in that section.
+    pub failovers: usize,
+    /// Only the switchover and failover section: no copy, catch-up or latency measures.
+    pub roles_only: bool,
 }
 
 struct Timing {
@@ -45,6 +55,33 @@ struct Timing {
 
 /// Run the benchmark and return the report.
 pub async fn run(options: &BenchOptions) -> Result<String> {
+    let roles = options.switchovers + options.failovers > 0;
+    let mut out = if options.roles_only {
+        if !roles {
+            bail!(
+                "nothing to measure: only the switchover and failover section was asked for, \
+                 with no switchover and no failover; ask for at least one of either"
+            );
+        }
+        format!(
+            "understudy bench: switchover and failover only; {} cores\n",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        )
+    } else {
+        copies_and_catch_up(options).await?
+    };
+    if roles {
+        let measured = roles::measure(options.switchovers, options.failovers)
+            .await
+            .context("while measuring switchover and failover")?;
+        out.push('\n');
+        out.push_str(&measured.to_markdown());
+    }
+    Ok(out)
+}
+
+/// Initial copy, catch-up and latency, on four clusters of their own (gone when it returns).
+async fn copies_and_catch_up(options: &BenchOptions) -> Result<String> {
     let clusters = tokio::task::spawn_blocking(|| {
         let mut v = Vec::new();
         for _ in 0..4 {

@@ -218,6 +218,15 @@ pub enum Command {
         /// Also write the report to this file.
         #[arg(long)]
         report: Option<std::path::PathBuf>,
+        /// Planned switchovers between two sidecars under an NMS write load (0 skips them).
+        #[arg(long, default_value_t = 10)]
+        switchovers: usize,
+        /// Automatic failovers (primary stopped immediately) under the same load (0 skips them).
+        #[arg(long, default_value_t = 10)]
+        failovers: usize,
+        /// Only the switchover and failover measurements.
+        #[arg(long)]
+        roles_only: bool,
     },
     /// Run a local primary/standby pair on throwaway clusters with an example NMS workload.
     Demo {
@@ -354,6 +363,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
             transactions,
             jobs,
             report,
+            switchovers,
+            failovers,
+            roles_only,
         } => {
             anyhow::ensure!(
                 rows >= 1 && transactions >= 1,
@@ -365,6 +377,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 jobs: jobs
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
                     .max(1),
+                switchovers,
+                failovers,
+                roles_only,
             };
             let text = crate::bench::run(&options).await?;
             println!("{text}");

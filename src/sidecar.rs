@@ -51,6 +51,12 @@ use follower::Follower;
 use http::{Command, Request};
 use report::SidecarStatus;
 
+/// How long after a failed rejoin the sidecar tries again.
+const REJOIN_RETRY: Duration = Duration::from_secs(30);
+
+/// The prefix of the alarm an isolated primary raises.
+const ISOLATED: &str = "isolated: ";
+
 /// Run the sidecar until `shutdown` turns true.
 pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let addr = cfg.this_node().http;
@@ -79,8 +85,9 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<()>
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
+            changed = shutdown.changed() => {
+                // A dropped switch means nobody can stop us any more: stop now.
+                if changed.is_err() || *shutdown.borrow() {
                     break;
                 }
             }
@@ -129,6 +136,8 @@ struct Sidecar {
     guard_checked: Option<Instant>,
     /// The alarms the synchronous-mode policy raised (cleared together).
     sync_alarms: Vec<String>,
+    /// A rejoin failed: not before this.
+    rejoin_retry_at: Option<Instant>,
 }
 
 impl Sidecar {
@@ -179,13 +188,20 @@ impl Sidecar {
             follower_retry_at: None,
             guard_checked: None,
             sync_alarms: Vec::new(),
+            rejoin_retry_at: None,
         }
     }
 
     fn policy(&self) -> Policy {
         Policy {
             automatic_failover: self.cfg.failover.automatic,
-            failover_timeout_secs: self.cfg.failover.timeout.as_secs_f64().ceil() as u64,
+            failover_timeout_ms: self
+                .cfg
+                .failover
+                .timeout
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
             fence_hook: self.cfg.hooks.fence.is_some(),
             auto_rejoin: self.cfg.failover.auto_rejoin,
         }
@@ -220,6 +236,11 @@ impl Sidecar {
                         epoch: own.epoch,
                     });
                 }
+                // A primary with recorded grants had isolated itself (or a switchover stopped
+                // half-way): it resumes once it sees its standby at its epoch.
+                if own.role == Role::Primary {
+                    s.isolated = self.has_recorded_grants().await?;
+                }
                 s
             }
         };
@@ -238,10 +259,15 @@ impl Sidecar {
                 self.lost_since = None;
                 None
             }
+            Err(e) if server_answered(e) => {
+                self.lost_since = None;
+                tracing::warn!(node = %self.cfg.this, "{e:#}");
+                None
+            }
             Err(_) => {
                 let since = *self.lost_since.get_or_insert_with(Instant::now);
                 Some(Event::PeerUnreachable {
-                    for_secs: since.elapsed().as_secs(),
+                    for_ms: since.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
                 })
             }
         };
@@ -289,6 +315,20 @@ impl Sidecar {
             self.own = Some(c);
         }
         Ok(self.own.as_mut().expect("connected above"))
+    }
+
+    async fn has_recorded_grants(&mut self) -> Result<bool> {
+        let client = self.own_client().await?;
+        let n: i64 = client
+            .query_one(
+                "SELECT CASE WHEN to_regclass('understudy.recorded_grant') IS NULL THEN 0 \
+                 ELSE (SELECT count(*) FROM understudy.recorded_grant) END",
+                &[],
+            )
+            .await
+            .context("while reading understudy.recorded_grant")?
+            .get(0);
+        Ok(n > 0)
     }
 
     async fn read_own(&mut self) -> Result<Option<NodeRecord>> {
@@ -346,9 +386,16 @@ impl Sidecar {
                 Ok(record)
             }
             Err(e) => {
-                peer.reachable = false;
                 self.peer = None;
                 self.peer_current_lsn = None;
+                if server_answered(&e) {
+                    // Too many connections, a password problem, a restart in progress: the
+                    // server is there. Not a reason to take over; the error is reported.
+                    peer.reachable = true;
+                    peer.last_seen_unix_ms = Some(unix_ms());
+                    return Err(e.context("the peer's database answered with an error"));
+                }
+                peer.reachable = false;
                 Err(e)
             }
         }
@@ -633,10 +680,37 @@ impl Sidecar {
                     }
                 }
                 Action::SaveDivergence | Action::AdoptEpoch(_) => {
-                    if !rejoined {
+                    if !rejoined && self.rejoin_retry_at.is_none_or(|t| Instant::now() >= t) {
                         rejoined = true;
-                        self.rejoin_now().await?;
+                        if let Err(e) = self.rejoin_now().await {
+                            // Fencing, draining and peeking again every probe helps nobody:
+                            // retry in a while (the error says what to do meanwhile).
+                            self.rejoin_retry_at = Some(Instant::now() + REJOIN_RETRY);
+                            return Err(e.context(format!(
+                                "rejoin failed; retrying in {} s",
+                                REJOIN_RETRY.as_secs()
+                            )));
+                        }
+                        self.rejoin_retry_at = None;
                     }
+                }
+                Action::Isolate => {
+                    let text = format!(
+                        "this primary lost its standby and the witness for {:.0} s: NMS writes \
+                         refused here until the standby is seen again (or it takes over)",
+                        self.cfg.failover.timeout.as_secs_f64()
+                    );
+                    tracing::error!("{text}");
+                    let roles = self.cfg.nms.roles.clone();
+                    let client = self.own_client().await?;
+                    let tables = guard::replicated_tables(&*client).await?;
+                    guard::make_read_only(client, &roles, &tables).await?;
+                    self.status.alarms.push(format!("{ISOLATED}{text}"));
+                }
+                Action::Resume => {
+                    tracing::warn!("the standby is back at this epoch: NMS writes allowed again");
+                    guard::lift_read_only(self.own_client().await?).await?;
+                    self.status.alarms.retain(|a| !a.starts_with(ISOLATED));
                 }
                 Action::FenceWriters | Action::FencePeer | Action::WaitCaughtUp => {
                     // Performed by the switchover command itself.
@@ -968,6 +1042,16 @@ impl Sidecar {
         }
         let _ = self.status_tx.send(self.status.clone());
     }
+}
+
+/// The error came from the server itself (an SQLSTATE), not from failing to reach it.
+fn server_answered(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<crate::pg::PgError>()
+            .is_some_and(|p| p.code().is_some())
+            || c.downcast_ref::<tokio_postgres::Error>()
+                .is_some_and(|p| p.as_db_error().is_some())
+    })
 }
 
 /// Run a hook with `sh -c`, failing on a non-zero exit or the timeout.

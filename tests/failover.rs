@@ -19,6 +19,10 @@ use understudy::cluster::StopMode;
 use understudy::pg::conninfo::ConnInfo;
 
 const FAILOVERS: usize = 10;
+
+/// The tests of this file run one at a time: failure detection is timing-based, and pairs under
+/// load side by side on a small machine would make probes time out.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const TIMEOUT_SECS: f64 = 2.0;
 
 /// A TCP witness that accepts every connection.
@@ -245,10 +249,115 @@ async fn wait_sync(sc: &Sidecars, primary: usize) {
     }
 }
 
-/// Both modes in one test, one after the other: failure detection is timing-based, and two
-/// pairs under load side by side on a small machine would make probes time out.
+/// Both modes in one test, one after the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_failovers_each_async_and_sync_lose_nothing_silently() {
+    let _serial = SERIAL.lock().await;
     failovers(false).await;
     failovers(true).await;
+}
+
+/// A primary cut off from both its standby and the witness stops taking NMS writes (it is
+/// probably the side about to be replaced) and takes them again when its standby comes back
+/// without having taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_primary_refuses_writes_until_its_standby_returns() {
+    let _serial = SERIAL.lock().await;
+    let witness = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = witness.local_addr().unwrap().port();
+    let accepting = tokio::spawn(async move {
+        loop {
+            let _ = witness.accept().await;
+        }
+    });
+    let extra = Extra {
+        failover: format!(
+            "automatic = true\ntimeout = \"{TIMEOUT_SECS}s\"\nwitness = \"tcp:127.0.0.1:{port}\"\n"
+        ),
+        sync: String::new(),
+    };
+    let mut sc = Sidecars::prepare(extra).await;
+    sc.start(0);
+    sc.start(1);
+    sc.settled(0, Duration::from_secs(120)).await;
+    let app = ConnInfo::parse(&format!(
+        "host=127.0.0.1 port={} user=nms_app dbname=nms",
+        sc.port(0)
+    ))
+    .unwrap()
+    .connect("nms")
+    .await
+    .unwrap();
+    app.execute("INSERT INTO nms.ledger (seq, node) VALUES (1, 'a')", &[])
+        .await
+        .unwrap();
+
+    // b's machine goes away (sidecar and database), and so does the witness.
+    sc.kill(1);
+    sc.cluster(1).stop(StopMode::Immediate).unwrap();
+    accepting.abort();
+    let _ = accepting.await;
+    let start = Instant::now();
+    let mut seq = 2i64;
+    let refused_after = loop {
+        let r = app
+            .execute(
+                "INSERT INTO nms.ledger (seq, node) VALUES ($1, 'a')",
+                &[&seq],
+            )
+            .await;
+        match r {
+            Ok(_) => seq += 1,
+            Err(e) => {
+                assert_eq!(
+                    e.code(),
+                    Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+                    "{e:?}"
+                );
+                break start.elapsed();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the isolated primary kept taking writes\n{}",
+            sidecar::tail(&sc.log(0), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let status = sc.status(0).await.unwrap();
+    assert_eq!((status.role.as_str(), status.epoch), ("primary", 0));
+    assert!(
+        status.alarms.iter().any(|a| a.starts_with("isolated")),
+        "{:?}",
+        status.alarms
+    );
+
+    // b comes back as it was (it never took over): a takes writes again, b follows.
+    sc.cluster(1).restart().unwrap();
+    sc.start(1);
+    sc.settled(0, Duration::from_secs(60)).await;
+    let start = Instant::now();
+    loop {
+        if app
+            .execute(
+                "INSERT INTO nms.ledger (seq, node) VALUES ($1, 'a')",
+                &[&seq],
+            )
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "writes did not resume\n{}",
+            sidecar::tail(&sc.log(0), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "isolated primary refused NMS writes {:.2} s after losing standby and witness (timeout \
+         {TIMEOUT_SECS} s); writes resumed once the standby was back",
+        refused_after.as_secs_f64()
+    );
 }

@@ -18,6 +18,11 @@
 //! 4. **Automatic failover** (opt-in) only for a standby whose primary was lost, once the
 //!    timeout passed *and* the witness says this node is not the isolated side. A primary that
 //!    is seen again cancels it. The fence hook, when configured, runs first.
+//!    The other side of it (rule 4b): **an isolated primary stops writing**. A primary that has
+//!    lost its standby for the failover timeout *and* cannot reach the witness is probably the
+//!    cut-off side, about to be replaced: it refuses NMS writes ([`Action::Isolate`]) until it
+//!    sees its standby again at its own epoch ([`Action::Resume`]), or fences itself on seeing a
+//!    higher one.
 //! 5. **Rejoin.** A fenced node that sees a primary with a higher epoch rejoins as its standby
 //!    (automatically when the policy says so, else on request): it saves what diverged, takes
 //!    the peer's epoch and follows.
@@ -33,8 +38,9 @@ use super::{Epoch, Role};
 pub struct Policy {
     /// Promote without an operator when the primary is lost (and the witness agrees).
     pub automatic_failover: bool,
-    /// How long the primary must be unreachable before automatic failover is considered.
-    pub failover_timeout_secs: u64,
+    /// How long (milliseconds) the primary must be unreachable before automatic failover is
+    /// considered.
+    pub failover_timeout_ms: u64,
     /// A fence hook (power off or firewall the old primary) is configured: run it first.
     pub fence_hook: bool,
     /// A fenced node rejoins as standby as soon as it sees the new primary.
@@ -73,6 +79,8 @@ pub struct NodeState {
     pub following: bool,
     /// A primary's writers are fenced for a switchover; it still serves its final WAL.
     pub draining: bool,
+    /// A primary that lost both its standby and the witness: NMS writes refused (rule 4b).
+    pub isolated: bool,
     pub watch: Watch,
     pub policy: Policy,
 }
@@ -87,6 +95,7 @@ impl NodeState {
             peer_reachable: false,
             following: false,
             draining: false,
+            isolated: false,
             watch: Watch::Healthy,
             policy,
         }
@@ -104,8 +113,8 @@ impl NodeState {
 pub enum Event {
     /// The peer answered with its recorded role and epoch.
     PeerSeen { role: Role, epoch: Epoch },
-    /// The peer has not answered for this long.
-    PeerUnreachable { for_secs: u64 },
+    /// The peer has not answered for this long (milliseconds).
+    PeerUnreachable { for_ms: u64 },
     /// The replication stream from the primary broke.
     StreamLost,
     /// The failover timer, started when the primary was lost, fired.
@@ -159,6 +168,10 @@ pub enum Action {
     SaveDivergence,
     /// Record role `standby` at the peer's epoch.
     AdoptEpoch(Epoch),
+    /// Refuse NMS writes on this primary, keeping its role and epoch (rule 4b).
+    Isolate,
+    /// Give them back: the standby is seen again at this node's epoch.
+    Resume,
     /// The request breaks a rule; nothing was done.
     Refuse(Refusal),
 }
@@ -217,13 +230,16 @@ pub fn step(state: &NodeState, event: Event) -> (NodeState, Vec<Action>) {
     let mut actions = Vec::new();
     match event {
         Event::PeerSeen { role, epoch } => peer_seen(&mut next, &mut actions, role, epoch),
-        Event::PeerUnreachable { for_secs } => {
+        Event::PeerUnreachable { for_ms } => {
             next.peer_reachable = false;
+            if isolation_armed(&next) && for_ms >= next.policy.failover_timeout_ms {
+                ask_witness(&mut next, &mut actions);
+            }
             if failover_armed(&next) {
                 if next.watch == Watch::Healthy {
                     next.watch = Watch::PrimaryLost;
                 }
-                if for_secs >= next.policy.failover_timeout_secs {
+                if for_ms >= next.policy.failover_timeout_ms {
                     ask_witness(&mut next, &mut actions);
                 }
             }
@@ -239,6 +255,13 @@ pub fn step(state: &NodeState, event: Event) -> (NodeState, Vec<Action>) {
             }
         }
         Event::WitnessAnswered { ok } => {
+            if next.role == Role::Primary && next.watch == Watch::AwaitingWitness {
+                next.watch = Watch::PrimaryLost;
+                if !ok {
+                    next.isolated = true;
+                    actions.push(Action::Isolate);
+                }
+            }
             if next.role == Role::Standby && next.watch == Watch::AwaitingWitness {
                 if ok {
                     if next.policy.fence_hook {
@@ -300,8 +323,15 @@ fn peer_seen(next: &mut NodeState, actions: &mut Vec<Action>, role: Role, epoch:
         }
         return;
     }
+    if next.role == Role::Primary {
+        next.watch = Watch::Healthy;
+    }
     match (next.role, role) {
         (Role::Primary, Role::Primary) if epoch == next.epoch => fence(next, actions),
+        (Role::Primary, Role::Standby) if epoch == next.epoch && next.isolated => {
+            next.isolated = false;
+            actions.push(Action::Resume);
+        }
         (Role::Standby, Role::Primary) if epoch == next.epoch => {
             next.watch = Watch::Healthy;
             if !next.following {
@@ -315,6 +345,16 @@ fn peer_seen(next: &mut NodeState, actions: &mut Vec<Action>, role: Role, epoch:
         }
         _ => {}
     }
+}
+
+/// A primary under a failover policy whose standby (of its epoch) could take over.
+fn isolation_armed(state: &NodeState) -> bool {
+    state.role == Role::Primary
+        && state.policy.automatic_failover
+        && !state.isolated
+        && state
+            .peer
+            .is_some_and(|p| p.role == Role::Standby && p.epoch == state.epoch)
 }
 
 /// A standby whose primary of the current epoch it last saw, under a failover policy.
@@ -342,6 +382,7 @@ fn fence(next: &mut NodeState, actions: &mut Vec<Action>) {
     stop_following(next, actions);
     next.role = Role::Fenced;
     next.draining = false;
+    next.isolated = false;
     next.watch = Watch::Healthy;
     actions.push(Action::FenceSelf);
 }

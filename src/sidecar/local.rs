@@ -7,6 +7,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -55,12 +57,52 @@ struct Running {
     task: JoinHandle<Result<()>>,
 }
 
+/// The TCP witness: a thread accepting (and closing) every connection until it is dropped.
+struct Witness {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Witness {
+    fn start() -> std::io::Result<Witness> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            for _ in l.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        });
+        Ok(Witness {
+            port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // The thread sits in accept(): one more connection lets it see the flag.
+        if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
 /// Two clusters and their sidecars.
 pub struct LocalPair {
     pub clusters: [Cluster; 2],
     pub configs: [Config; 2],
     running: [Option<Running>; 2],
-    witness: Option<std::thread::JoinHandle<()>>,
+    witness: Option<Witness>,
 }
 
 impl LocalPair {
@@ -78,13 +120,13 @@ impl LocalPair {
         );
         let mut witness = None;
         if let Some(t) = options.failover_timeout {
-            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-            let port = l.local_addr()?.port();
-            witness = Some(std::thread::spawn(move || for _ in l.incoming() {}));
+            let w = Witness::start()?;
             failover.push_str(&format!(
-                "automatic = true\ntimeout = \"{}ms\"\nwitness = \"tcp:127.0.0.1:{port}\"\n",
-                t.as_millis()
+                "automatic = true\ntimeout = \"{}ms\"\nwitness = \"tcp:127.0.0.1:{}\"\n",
+                t.as_millis(),
+                w.port
             ));
+            witness = Some(w);
         }
         let sync = match options.sync_fallback {
             None => String::new(),
@@ -143,8 +185,17 @@ impl LocalPair {
         })
     }
 
-    /// Start node `i`'s sidecar (again).
+    /// Start node `i`'s sidecar (again); nothing happens while it is running.
+    ///
+    /// A second sidecar for the same node could not bind its HTTP address, and replacing the
+    /// handle of the first would drop its shutdown switch, leaving it running unstoppable.
     pub fn start(&mut self, i: usize) {
+        if self.running[i]
+            .as_ref()
+            .is_some_and(|r| !r.task.is_finished())
+        {
+            return;
+        }
         let (stop, rx) = watch::channel(false);
         let cfg = self.configs[i].clone();
         let task = tokio::spawn(super::run(cfg, rx));
@@ -160,9 +211,11 @@ impl LocalPair {
         Ok(())
     }
 
+    /// Stop both sidecars (both, even when the first one had failed); the first failure.
     pub async fn stop_all(&mut self) -> Result<()> {
-        self.stop(0).await?;
-        self.stop(1).await
+        let a = self.stop(0).await;
+        let b = self.stop(1).await;
+        a.and(b)
     }
 
     pub fn http(&self, i: usize) -> SocketAddr {
@@ -277,6 +330,6 @@ impl Drop for LocalPair {
             let _ = r.stop.send(true);
             r.task.abort();
         }
-        let _ = self.witness.take();
+        self.witness = None;
     }
 }

@@ -14,7 +14,7 @@ fn any_event() -> impl Strategy<Value = Event> {
             role,
             epoch: Epoch(e)
         }),
-        (0u64..60).prop_map(|for_secs| Event::PeerUnreachable { for_secs }),
+        (0u64..60).prop_map(|for_ms| Event::PeerUnreachable { for_ms }),
         Just(Event::StreamLost),
         Just(Event::FailoverTimeout),
         any::<bool>().prop_map(|ok| Event::WitnessAnswered { ok }),
@@ -27,7 +27,7 @@ fn any_event() -> impl Strategy<Value = Event> {
 fn any_policy() -> impl Strategy<Value = Policy> {
     (any::<bool>(), 0u64..40, any::<bool>(), any::<bool>()).prop_map(|(a, t, f, r)| Policy {
         automatic_failover: a,
-        failover_timeout_secs: t,
+        failover_timeout_ms: t,
         fence_hook: f,
         auto_rejoin: r,
     })
@@ -71,6 +71,17 @@ proptest! {
                 prop_assert!(at(Action::SyncSequences) < lift);
                 prop_assert!(at(Action::CreateReverseSlot) < lift);
                 prop_assert!(at(Action::BumpEpoch(next.epoch)) < lift);
+            }
+            // Only a primary is isolated; writes resume only on seeing its standby at its epoch.
+            if next.isolated {
+                prop_assert_eq!(next.role, Role::Primary);
+            }
+            if actions.contains(&Action::Resume) {
+                prop_assert!(state.isolated && next.role == Role::Primary);
+                prop_assert_eq!(
+                    event,
+                    Event::PeerSeen { role: Role::Standby, epoch: state.epoch }
+                );
             }
             // Writes are only ever opened by a promotion.
             if actions.contains(&Action::LiftReadOnly) {

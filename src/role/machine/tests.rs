@@ -4,14 +4,14 @@ use super::*;
 
 const MANUAL: Policy = Policy {
     automatic_failover: false,
-    failover_timeout_secs: 30,
+    failover_timeout_ms: 30,
     fence_hook: false,
     auto_rejoin: false,
 };
 
 const AUTO: Policy = Policy {
     automatic_failover: true,
-    failover_timeout_secs: 30,
+    failover_timeout_ms: 30,
     fence_hook: false,
     auto_rejoin: true,
 };
@@ -299,7 +299,7 @@ fn rule_4_automatic_failover_needs_timeout_and_witness() {
         Case {
             name: "unreachable for less than the timeout: wait",
             state: healthy_standby(AUTO),
-            event: Event::PeerUnreachable { for_secs: 29 },
+            event: Event::PeerUnreachable { for_ms: 29 },
             role: Standby,
             epoch: 1,
             actions: vec![],
@@ -307,7 +307,7 @@ fn rule_4_automatic_failover_needs_timeout_and_witness() {
         Case {
             name: "unreachable for the timeout: ask the witness",
             state: healthy_standby(AUTO),
-            event: Event::PeerUnreachable { for_secs: 30 },
+            event: Event::PeerUnreachable { for_ms: 30 },
             role: Standby,
             epoch: 1,
             actions: vec![Action::AskWitness],
@@ -331,7 +331,7 @@ fn rule_4_automatic_failover_needs_timeout_and_witness() {
         Case {
             name: "already asked: do not ask twice",
             state: asked(AUTO),
-            event: Event::PeerUnreachable { for_secs: 300 },
+            event: Event::PeerUnreachable { for_ms: 300 },
             role: Standby,
             epoch: 1,
             actions: vec![],
@@ -347,7 +347,7 @@ fn rule_4_automatic_failover_needs_timeout_and_witness() {
         Case {
             name: "never saw a primary: no failover",
             state: node(Standby, 1, AUTO),
-            event: Event::PeerUnreachable { for_secs: 300 },
+            event: Event::PeerUnreachable { for_ms: 300 },
             role: Standby,
             epoch: 1,
             actions: vec![],
@@ -403,7 +403,7 @@ fn the_primary_coming_back_cancels_a_pending_failover() {
     let mut s = healthy_standby(AUTO);
     for event in [
         Event::StreamLost,
-        Event::PeerUnreachable { for_secs: 31 },
+        Event::PeerUnreachable { for_ms: 31 },
         peer(Role::Primary, 1),
     ] {
         s = step(&s, event).0;
@@ -415,7 +415,7 @@ fn the_primary_coming_back_cancels_a_pending_failover() {
     // A witness that said no leaves the clock running: the next timeout asks again.
     let mut s = healthy_standby(AUTO);
     for event in [
-        Event::PeerUnreachable { for_secs: 31 },
+        Event::PeerUnreachable { for_ms: 31 },
         Event::WitnessAnswered { ok: false },
     ] {
         s = step(&s, event).0;
@@ -533,7 +533,7 @@ fn split_brain_resolves_to_one_writer() {
     // Partition: b loses a; the witness agrees b is not the isolated side.
     for event in [
         Event::StreamLost,
-        Event::PeerUnreachable { for_secs: 30 },
+        Event::PeerUnreachable { for_ms: 30 },
         Event::WitnessAnswered { ok: true },
     ] {
         b = step(&b, event).0;
@@ -585,4 +585,44 @@ fn split_brain_resolves_to_one_writer() {
         .filter(|&&r| r == Role::Primary)
         .count();
     assert_eq!(primaries, 1);
+}
+
+#[test]
+fn rule_4b_an_isolated_primary_stops_writing_until_it_sees_its_standby() {
+    use Role::*;
+    let primary = seen(node(Primary, 2, AUTO), Standby, 2, true);
+    // Cut off from the standby for the timeout: ask the witness.
+    let (asked, actions) = step(&primary, Event::PeerUnreachable { for_ms: 30 });
+    assert_eq!(actions, vec![Action::AskWitness]);
+    // Not yet the timeout: nothing.
+    let (_, actions) = step(&primary, Event::PeerUnreachable { for_ms: 29 });
+    assert!(actions.is_empty());
+    // The witness answers: keep writing (the standby is the cut-off side, or only the link).
+    let (kept, actions) = step(&asked, Event::WitnessAnswered { ok: true });
+    assert_eq!(
+        (actions, kept.role, kept.isolated),
+        (vec![], Primary, false)
+    );
+    // No witness either: this is the isolated side; refuse writes, keep the role and epoch.
+    let (isolated, actions) = step(&asked, Event::WitnessAnswered { ok: false });
+    assert_eq!(actions, vec![Action::Isolate]);
+    assert_eq!(
+        (isolated.role, isolated.epoch, isolated.isolated),
+        (Primary, Epoch(2), true)
+    );
+    // Asked nothing more while isolated.
+    let (_, actions) = step(&isolated, Event::PeerUnreachable { for_ms: 90 });
+    assert!(actions.is_empty());
+    // The standby is back at this epoch (it did not take over): writes resume.
+    let (resumed, actions) = step(&isolated, peer(Standby, 2));
+    assert_eq!(actions, vec![Action::Resume]);
+    assert!(!resumed.isolated);
+    // It did take over: fence, as any primary seeing a higher epoch.
+    let (fenced, actions) = step(&isolated, peer(Primary, 3));
+    assert_eq!(actions, vec![Action::FenceSelf]);
+    assert_eq!((fenced.role, fenced.isolated), (Fenced, false));
+    // Without automatic failover nobody takes over, so a primary never isolates itself.
+    let manual = seen(node(Primary, 2, MANUAL), Standby, 2, true);
+    let (_, actions) = step(&manual, Event::PeerUnreachable { for_ms: 300 });
+    assert!(actions.is_empty());
 }
