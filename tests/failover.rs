@@ -85,6 +85,7 @@ async fn failovers(sync: bool) {
         } else {
             String::new()
         },
+        ..Extra::default()
     };
     let mut sc = Sidecars::prepare(extra).await;
     sc.start(0);
@@ -274,7 +275,7 @@ async fn an_isolated_primary_refuses_writes_until_its_standby_returns() {
         failover: format!(
             "automatic = true\ntimeout = \"{TIMEOUT_SECS}s\"\nwitness = \"tcp:127.0.0.1:{port}\"\n"
         ),
-        sync: String::new(),
+        ..Extra::default()
     };
     let mut sc = Sidecars::prepare(extra).await;
     sc.start(0);

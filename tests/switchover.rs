@@ -156,3 +156,59 @@ async fn ten_switchovers_under_load_lose_nothing_and_need_no_copy() {
         want.len()
     );
 }
+
+/// The standby's sidecar delivers a mutation message for every change it applies to its NMS
+/// (`[messages]`, here an exec sink appending JSON lines to a file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_sidecar_delivers_mutation_messages_to_its_nms() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("b-messages.jsonl");
+    let mut extra = Extra::default();
+    extra.messages[1] = format!(
+        "sinks = [\"exec:interval=100ms,from=oldest:cat >> '{}'\"]\n",
+        file.display()
+    );
+    let mut sc = Sidecars::prepare(extra).await;
+    sc.start(0);
+    sc.start(1);
+    sc.settled(0, Duration::from_secs(120)).await;
+    let a = understudy::pg::conninfo::ConnInfo::parse(&sc.dsn(0))
+        .unwrap()
+        .connect("test")
+        .await
+        .unwrap();
+    for seq in 1..=50i64 {
+        a.execute(
+            "INSERT INTO nms.ledger (seq, node) VALUES ($1, 'a')",
+            &[&seq],
+        )
+        .await
+        .unwrap();
+    }
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let mut seqs: Vec<i64> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["table"] == "nms.ledger" && m["op"] == "insert")
+            .filter_map(|m| {
+                let v = &m["new"]["seq"];
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        if seqs == (1..=50).collect::<Vec<i64>>() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the standby's NMS got {} of 50 ledger messages\n{}",
+            seqs.len(),
+            sidecar::tail(&sc.log(1), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

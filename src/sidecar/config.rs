@@ -51,6 +51,23 @@ pub struct Config {
     pub http: HttpConfig,
     pub journal: JournalConfig,
     pub divergence_dir: PathBuf,
+    /// Mutation messages for this node's NMS while it is standby (from its journal).
+    pub messages: MessagesConfig,
+}
+
+/// `[messages]`: what the follower delivers to this node's NMS, as `follow --sink/--http/--rules`.
+#[derive(Clone, Debug, Default)]
+pub struct MessagesConfig {
+    pub sinks: Vec<crate::notify::SinkConfig>,
+    /// Serve the SSE message stream here (its bearer token is `http.token`).
+    pub stream: Option<SocketAddr>,
+    pub rules: Option<PathBuf>,
+}
+
+impl MessagesConfig {
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty() && self.stream.is_none()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -502,6 +519,33 @@ impl Config {
             None => base.join(DEFAULT_DIVERGENCE_DIR),
         };
 
+        let mut messages = MessagesConfig::default();
+        for (i, spec) in raw.messages.sinks.unwrap_or_default().iter().enumerate() {
+            let sink = spec
+                .parse()
+                .map_err(|e| at("messages.sinks", format!("entry {} ({spec:?}): {e}", i + 1)))?;
+            messages.sinks.push(sink);
+        }
+        if let Some(addr) = raw.messages.stream {
+            messages.stream = Some(
+                crate::http::parse_listen(&addr)
+                    .map_err(|e| at("messages.stream", format!("{e}; give PORT or IP:PORT")))?,
+            );
+        }
+        messages.rules = raw.messages.rules.map(|r| base.join(r));
+        if !messages.is_empty() {
+            let me = nodes.iter().find(|n| n.name == this);
+            if me.is_some_and(|n| n.journal.is_none()) {
+                return Err(at(
+                    "messages",
+                    format!(
+                        "needs this node's journal (messages are read from it): set \
+                         nodes.{this}.journal"
+                    ),
+                ));
+            }
+        }
+
         Ok(Config {
             path: path.to_path_buf(),
             this,
@@ -516,6 +560,7 @@ impl Config {
             http: HttpConfig { token },
             journal,
             divergence_dir,
+            messages,
         })
     }
 
@@ -732,6 +777,16 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     journal: RawJournal,
+    #[serde(default)]
+    messages: RawMessages,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMessages {
+    sinks: Option<Vec<String>>,
+    stream: Option<String>,
+    rules: Option<String>,
 }
 
 /// `[nodes.NAME]` tables, in file order.

@@ -34,8 +34,26 @@ impl Follower {
         });
         let (stop, stop_rx) = watch::channel(false);
         let (progress_tx, progress) = watch::channel(FollowProgress::default());
-        let task =
-            tokio::spawn(async move { follow::follow(&options, stop_rx, Some(progress_tx)).await });
+        let outputs = follow::outputs::Outputs {
+            sinks: cfg.messages.sinks.clone(),
+            http: cfg.messages.stream,
+            http_token: cfg.http.token.clone(),
+            rules_file: cfg.messages.rules.clone(),
+        };
+        let task = tokio::spawn(async move {
+            if outputs.is_empty() && outputs.rules_file.is_none() {
+                follow::follow(&options, stop_rx, Some(progress_tx)).await
+            } else {
+                // The standby's NMS hears every applied change as a mutation message.
+                follow::outputs::follow_with_outputs_progress(
+                    options,
+                    outputs,
+                    stop_rx,
+                    progress_tx,
+                )
+                .await
+            }
+        });
         Follower {
             stop,
             task,

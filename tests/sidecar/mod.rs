@@ -23,6 +23,8 @@ pub const TOKEN: &str = "test-token";
 pub struct Extra {
     pub failover: String,
     pub sync: String,
+    /// Lines of the `[messages]` section, per node.
+    pub messages: [String; 2],
 }
 
 pub struct Sidecars {
@@ -130,12 +132,13 @@ impl Sidecars {
             "node = \"{}\"\ndivergence_dir = \"divergence\"\n{}{}\
              [nms]\nroles = [\"nms_app\"]\n\
              [failover]\nprobe_interval = \"250ms\"\nconnect_timeout = \"1s\"\ndrain_timeout = \"2s\"\n{}\n\
-             [sync]\n{}\n[http]\ntoken = \"{TOKEN}\"\n",
+             [sync]\n{}\n[http]\ntoken = \"{TOKEN}\"\n[messages]\n{}\n",
             NAMES[i],
             node(0),
             node(1),
             self.extra.failover,
-            self.extra.sync
+            self.extra.sync,
+            self.extra.messages[i]
         )
     }
 
