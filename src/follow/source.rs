@@ -172,9 +172,12 @@ pub(super) async fn open_stream(
             source.primary_system_id
         )));
     }
+    // pgoutput reads publication_names as a list of identifiers: quote the one name, so upper
+    // case or a comma in it survives.
+    let publication = format!("\"{}\"", source.publication.replace('"', "\"\""));
     let mut plugin_options = vec![
         ("proto_version", "1"),
-        ("publication_names", source.publication.as_str()),
+        ("publication_names", publication.as_str()),
     ];
     if messages {
         plugin_options.push(("messages", "true"));
