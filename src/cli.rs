@@ -401,7 +401,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             None => messages::promote(args).await,
         },
         Command::Run { config } => sidecar::run(config, stop_rx).await,
-        Command::Switchover { config } => sidecar::switchover(config).await,
+        Command::Switchover { config } => sidecar::switchover(config, stop_rx).await,
         Command::Rejoin {
             config,
             discard_unknown,

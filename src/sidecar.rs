@@ -24,6 +24,7 @@
 //! killed half-way picks up where the database says it is.
 
 pub mod config;
+pub mod direct;
 mod first_start;
 mod follower;
 pub mod http;

@@ -22,6 +22,23 @@ fn roles() -> Vec<String> {
 /// a (the pair's primary cluster) bootstrapped into b, caught up, then b promoted while a still
 /// runs: the state a rejoin starts from. Returns the config file for node a.
 async fn promoted_away(pair: &Pair, dir: &std::path::Path) -> std::path::PathBuf {
+    let config = copied(pair, dir).await;
+    let options = PromoteOptions {
+        nms_roles: roles(),
+        reverse_slot: "understudy_a".into(),
+        node_name: Some("b".into()),
+        ..PromoteOptions::default()
+    };
+    let summary = promote::promote(&pair.standby_info(), Some(&pair.primary_info()), &options)
+        .await
+        .unwrap();
+    assert_eq!(summary.epoch.0, 1);
+    config
+}
+
+/// a (the pair's primary cluster, node a) bootstrapped into b (node b), caught up, both recorded
+/// at epoch 0, b read-only for the NMS. Returns the config file for node a.
+async fn copied(pair: &Pair, dir: &std::path::Path) -> std::path::PathBuf {
     let p = pair.primary_client().await;
     let mut s = pair.standby_client().await;
     for c in [&p, &s] {
@@ -54,17 +71,6 @@ async fn promoted_away(pair: &Pair, dir: &std::path::Path) -> std::path::PathBuf
     f.stop_at = StopAt::CaughtUp;
     let (_tx, rx) = watch::channel(false);
     follow::follow(&f, rx, None).await.unwrap();
-
-    let options = PromoteOptions {
-        nms_roles: roles(),
-        reverse_slot: "understudy_a".into(),
-        node_name: Some("b".into()),
-        ..PromoteOptions::default()
-    };
-    let summary = promote::promote(&pair.standby_info(), Some(&pair.primary_info()), &options)
-        .await
-        .unwrap();
-    assert_eq!(summary.epoch.0, 1);
 
     let config = dir.join("a.toml");
     std::fs::write(
@@ -245,4 +251,62 @@ async fn writes_after_the_promotion_are_saved_and_the_old_primary_is_copied_agai
     let again = rejoin(&config);
     assert_eq!(again.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&again.stdout).contains("already the standby"));
+}
+
+/// `understudy switchover` with no sidecar running: directly on the databases, nothing lost, the
+/// old primary follows the new one without a copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_without_sidecars_acts_on_the_databases() {
+    let pair = Pair::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = copied(&pair, dir.path()).await;
+    let on_a = nms_app(pair.primary.port()).await;
+    on_a.batch_execute("INSERT INTO nms.ledger SELECT g, 'a' FROM generate_series(201, 300) g")
+        .await
+        .unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .args(["switchover", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("directly on the databases"), "{stderr}");
+    let reply: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(reply["primary"], "b", "{reply}");
+    assert!(
+        reply["old_primary"]
+            .as_str()
+            .unwrap()
+            .contains("following the new primary"),
+        "{reply}"
+    );
+
+    // The NMS session on a is refused now; the one on b writes.
+    let e = on_a
+        .batch_execute("INSERT INTO nms.ledger VALUES (999999, 'a')")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    let on_b = nms_app(pair.standby.port()).await;
+    let on_b_rows: i64 = on_b
+        .query_one("SELECT count(*) FROM nms.ledger", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(on_b_rows, 300, "every row a acknowledged is on b");
+    on_b.batch_execute("INSERT INTO nms.ledger VALUES (301, 'b')")
+        .await
+        .unwrap();
+    a_follows_b(&pair).await;
+    assert_same_rows(&pair).await;
+    for (c, role) in [
+        (pair.primary_client().await, Role::Standby),
+        (pair.standby_client().await, Role::Primary),
+    ] {
+        let rec = node::read_state(&c).await.unwrap().unwrap();
+        assert_eq!((rec.role, rec.epoch.0), (role, 1));
+    }
 }

@@ -38,10 +38,24 @@ pub async fn run(args: ConfigArgs, stop: watch::Receiver<bool>) -> Result<i32> {
     Ok(0)
 }
 
-/// Ask the sidecars for a planned switchover (this node's sidecar, else the peer's).
-pub async fn switchover(args: ConfigArgs) -> Result<i32> {
+/// Ask the sidecars for a planned switchover (this node's sidecar, else the peer's); when
+/// neither runs, switch over directly on the databases.
+pub async fn switchover(args: ConfigArgs, stop: watch::Receiver<bool>) -> Result<i32> {
     let cfg = args.load()?;
-    let reply = post_to_either(&cfg, "/v1/switchover").await?;
+    let mut none_runs = true;
+    for node in [cfg.this_node(), cfg.peer()] {
+        if let Err(e) = http::get_status(node.http, Duration::from_secs(2)).await {
+            none_runs &= e.downcast_ref::<http::NoSidecar>().is_some();
+        } else {
+            none_runs = false;
+        }
+    }
+    let reply = if none_runs {
+        eprintln!("no sidecar runs on either node: switching over directly on the databases");
+        crate::sidecar::direct::switchover(&cfg, stop).await?
+    } else {
+        post_to_either(&cfg, "/v1/switchover").await?
+    };
     println!("{}", serde_json::to_string_pretty(&reply)?);
     Ok(0)
 }

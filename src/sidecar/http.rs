@@ -287,6 +287,23 @@ impl fmt::Display for HttpStatusError {
 
 impl std::error::Error for HttpStatusError {}
 
+/// Nothing listens at a sidecar's address (connection refused): no sidecar runs there.
+#[derive(Debug)]
+pub struct NoSidecar(pub SocketAddr);
+
+impl fmt::Display for NoSidecar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no sidecar answers on {}: is `understudy run` running there? (connection refused; \
+             check the node's `http` address in the config)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NoSidecar {}
+
 /// `GET /v1/status`; `timeout` bounds the whole exchange.
 pub async fn get_status(addr: SocketAddr, timeout: Duration) -> Result<SidecarStatus> {
     let body = call(addr, "GET", "/v1/status", None, timeout).await?;
@@ -384,10 +401,7 @@ async fn exchange(
     let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return Err(anyhow!(
-                "no sidecar answers on {addr}: is `understudy run` running there? (connection \
-                 refused; check the node's `http` address in the config)"
-            ))
+            return Err(anyhow::Error::new(NoSidecar(addr)))
         }
         Ok(Err(e)) => {
             return Err(e).with_context(|| format!("while connecting to the sidecar at {addr}"))
