@@ -28,6 +28,7 @@ pub mod direct;
 mod first_start;
 mod follower;
 pub mod http;
+pub mod ledger;
 pub mod local;
 pub mod report;
 

@@ -135,9 +135,8 @@ async fn failovers(sync: bool) {
     }
     let acked = writer.stop().await;
     sc.settled(primary, Duration::from_secs(60)).await;
-    let total = acked.lock().unwrap().times.len();
-    let snap = sidecar::snapshot(&acked);
-    check_acked(&sc, primary, &snap, &stray_acked, sync).await;
+    let total = acked.commits.len();
+    check_acked(&sc, primary, &acked, &stray_acked, sync).await;
     common::assert_same_rows(&sc.pair).await;
 
     takeovers.sort_by(f64::total_cmp);
@@ -160,8 +159,7 @@ async fn failovers(sync: bool) {
 }
 
 async fn check(sc: &Sidecars, primary: usize, writer: &Writer, stray: &BTreeSet<i64>, sync: bool) {
-    let snapshot = sidecar::snapshot(&writer.acked);
-    check_acked(sc, primary, &snapshot, stray, sync).await;
+    check_acked(sc, primary, &writer.acknowledged(), stray, sync).await;
 }
 
 /// Every acknowledged seq is on the primary or in a divergence file, never both; in
@@ -169,7 +167,7 @@ async fn check(sc: &Sidecars, primary: usize, writer: &Writer, stray: &BTreeSet<
 async fn check_acked(
     sc: &Sidecars,
     primary: usize,
-    acked: &sidecar::Acked,
+    acked: &understudy::sidecar::ledger::Acked,
     stray: &BTreeSet<i64>,
     sync: bool,
 ) {

@@ -56,16 +56,15 @@ async fn ten_switchovers_under_load_lose_nothing_and_need_no_copy() {
         assert_eq!(s.epoch, p.epoch);
         // The longest pause between two acknowledged commits around the switchover, as the NMS
         // saw it.
-        let acked = writer.acked.lock().unwrap();
+        let acked = writer.acknowledged();
         let gap = acked
-            .times
+            .commits
             .windows(2)
             .filter(|w| w[1].0 >= before)
             .map(|w| w[1].0.duration_since(w[0].0))
             .max()
             .unwrap_or_default();
         client_gaps.push(gap.as_secs_f64() * 1000.0);
-        drop(acked);
         primary = standby;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -74,13 +73,8 @@ async fn ten_switchovers_under_load_lose_nothing_and_need_no_copy() {
 
     // Every acknowledged insert is on the final primary, exactly once (seq is its key), and the
     // standby has the same rows.
-    let (mut want, nodes_written): (Vec<i64>, usize) = {
-        let acked = acked.lock().unwrap();
-        (
-            acked.by_node.values().flatten().copied().collect(),
-            acked.by_node.len(),
-        )
-    };
+    let mut want: Vec<i64> = acked.by_node.values().flatten().copied().collect();
+    let nodes_written = acked.by_node.len();
     want.sort_unstable();
     let have = ledger(&sc.dsn(primary)).await;
     let missing: Vec<&i64> = want

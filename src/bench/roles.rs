@@ -15,16 +15,13 @@
 //! commits of a dead primary there, saved), or the bench fails.
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio::sync::watch;
-use tokio_postgres::error::SqlState;
 
 use crate::cluster::{Cluster, ClusterOptions, StopMode};
 use crate::pg::conninfo::ConnInfo;
+use crate::sidecar::ledger::{self, Acked, Writer};
 use crate::sidecar::local::{LocalOptions, LocalPair, NAMES};
 
 /// Automatic failover after this long without the primary.
@@ -93,15 +90,9 @@ async fn prepare() -> Result<LocalPair> {
         .await?;
     a.batch_execute(crate::demo::NMS_SCHEMA).await?;
     a.batch_execute(crate::demo::NMS_WORKLOAD).await?;
-    a.batch_execute(
-        "CREATE TABLE nms.ledger (seq bigint PRIMARY KEY, node text NOT NULL, \
-                                  at timestamptz NOT NULL DEFAULT now());
-         GRANT USAGE ON SCHEMA nms TO nms_app;
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA nms TO nms_app;
-         GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA nms TO nms_app;",
-    )
-    .await
-    .context("while creating nms.ledger")?;
+    a.batch_execute(ledger::LEDGER_SQL)
+        .await
+        .context("while creating nms.ledger")?;
     let clusters: [Cluster; 2] = clusters
         .try_into()
         .map_err(|_| anyhow!("expected two clusters"))?;
@@ -116,7 +107,11 @@ async fn drive(pair: &mut LocalPair, switchovers: usize, failovers: usize) -> Re
     pair.settled(0, SETTLE_TIMEOUT)
         .await
         .context("while waiting for the pair's first start")?;
-    let writer = Writer::start([pair.clusters[0].port(), pair.clusters[1].port()]);
+    let writer = Writer::start(
+        [pair.clusters[0].port(), pair.clusters[1].port()],
+        WRITE_EVERY,
+        1,
+    );
     let rounds = rounds(pair, &writer, switchovers, failovers).await;
     let acked = writer.stop().await;
     let (mut roles, primary) = rounds?;
@@ -217,7 +212,7 @@ async fn verify(pair: &LocalPair, primary: usize, acked: &Acked, roles: &mut Rol
         .collect();
     let mut diverged = BTreeSet::new();
     for dir in pair.divergence_dirs() {
-        diverged_seqs(&dir, &mut diverged)?;
+        diverged.extend(ledger::diverged_seqs(&dir, None)?);
     }
     let missing: Vec<i64> = acked
         .commits
@@ -243,33 +238,6 @@ async fn verify(pair: &LocalPair, primary: usize, acked: &Acked, roles: &mut Rol
         .iter()
         .filter(|&&(_, seq)| !have.contains(&seq))
         .count();
-    Ok(())
-}
-
-/// Add the `seq` of every `nms.ledger` insert saved under `dir` (one directory per divergence,
-/// each with a `messages.jsonl`).
-fn diverged_seqs(dir: &Path, out: &mut BTreeSet<i64>) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in entries {
-        let file = e?.path().join("messages.jsonl");
-        let Ok(text) = std::fs::read_to_string(&file) else {
-            continue;
-        };
-        for line in text.lines() {
-            let m: serde_json::Value = serde_json::from_str(line)
-                .with_context(|| format!("while reading {}", file.display()))?;
-            if m["table"] == "nms.ledger" && m["op"] == "insert" {
-                let v = &m["new"]["seq"];
-                let seq = v
-                    .as_i64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                    .ok_or_else(|| anyhow!("no seq in {}: {line}", file.display()))?;
-                out.insert(seq);
-            }
-        }
-    }
     Ok(())
 }
 
@@ -357,120 +325,4 @@ fn spread(v: &[f64]) -> Option<(f64, f64)> {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     Some((*v.get(v.len() / 2)?, *v.last()?))
-}
-
-/// What the NMS session saw: every `seq` whose COMMIT returned, and when.
-#[derive(Default)]
-struct Acked {
-    commits: Vec<(Instant, i64)>,
-}
-
-/// The NMS session: one autocommit INSERT as `nms_app` every [`WRITE_EVERY`], to whichever node
-/// accepts it (one session per node, reconnected when it breaks).
-struct Writer {
-    acked: Arc<Mutex<Acked>>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(ports: [u16; 2]) -> Writer {
-        let acked = Arc::new(Mutex::new(Acked::default()));
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(write(ports, Arc::clone(&acked), stop_rx));
-        Writer { acked, stop, task }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().expect("writer lock").commits.len()
-    }
-
-    /// Wait until `n` more commits are acknowledged.
-    async fn commits(&self, n: usize) -> Result<()> {
-        let target = self.count() + n;
-        let start = Instant::now();
-        while self.count() < target {
-            if start.elapsed() > Duration::from_secs(30) || self.task.is_finished() {
-                bail!("the NMS session acknowledged no commit for 30 s: neither node takes writes");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
-    }
-
-    /// The longest pause between two acknowledged commits after `since`, up to the first commit
-    /// acknowledged from now on (waited for).
-    async fn longest_pause_since(&self, since: Instant) -> Result<Duration> {
-        self.commits(1).await?;
-        let acked = self.acked.lock().expect("writer lock");
-        Ok(acked
-            .commits
-            .windows(2)
-            .filter(|w| w[1].0 >= since)
-            .map(|w| w[1].0.duration_since(w[0].0))
-            .max()
-            .unwrap_or_default())
-    }
-
-    async fn stop(self) -> Acked {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        std::mem::take(&mut *self.acked.lock().expect("writer lock"))
-    }
-}
-
-async fn write(ports: [u16; 2], acked: Arc<Mutex<Acked>>, mut stop: watch::Receiver<bool>) {
-    let infos = ports.map(|p| {
-        ConnInfo::parse(&format!(
-            "host=127.0.0.1 port={p} user=nms_app dbname=nms connect_timeout=1"
-        ))
-    });
-    let mut clients: [Option<tokio_postgres::Client>; 2] = [None, None];
-    let mut seq = 1i64;
-    let mut prefer = 0usize;
-    while !*stop.borrow() {
-        for k in 0..2 {
-            let i = (prefer + k) % 2;
-            let Ok(info) = &infos[i] else { continue };
-            if clients[i].as_ref().is_none_or(|c| c.is_closed()) {
-                clients[i] = tokio::time::timeout(Duration::from_secs(1), info.connect("nms"))
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok());
-            }
-            let Some(c) = &clients[i] else { continue };
-            let r = tokio::time::timeout(
-                Duration::from_secs(5),
-                c.execute(
-                    "INSERT INTO nms.ledger (seq, node) VALUES ($1, $2)",
-                    &[&seq, &NAMES[i]],
-                ),
-            )
-            .await;
-            match r {
-                Ok(Ok(_)) => {
-                    acked
-                        .lock()
-                        .expect("writer lock")
-                        .commits
-                        .push((Instant::now(), seq));
-                    prefer = i;
-                    seq += 1;
-                    break;
-                }
-                Ok(Err(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    // An earlier attempt whose COMMIT never answered did commit: its outcome was
-                    // unknown to the NMS, so it was never acknowledged. Move on.
-                    seq += 1;
-                    break;
-                }
-                Ok(Err(_)) => {}
-                Err(_) => clients[i] = None,
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(WRITE_EVERY) => {}
-            changed = stop.changed() => if changed.is_err() { return },
-        }
-    }
 }

@@ -3,15 +3,13 @@
 //! sidecars' status.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
 use understudy::pg::conninfo::ConnInfo;
 use understudy::sidecar::http;
+pub use understudy::sidecar::ledger::{self, Writer};
 use understudy::sidecar::report::SidecarStatus;
 
 use crate::common::{load_nms, Pair};
@@ -244,110 +242,6 @@ pub async fn current_lsn(dsn: &str) -> Option<understudy::lsn::Lsn> {
     t.parse().ok()
 }
 
-/// What the NMS writer saw: every sequence number whose COMMIT returned, per node, and when.
-#[derive(Default)]
-pub struct Acked {
-    pub by_node: BTreeMap<usize, Vec<i64>>,
-    /// (time, seq) of every acknowledged commit.
-    pub times: Vec<(Instant, i64)>,
-}
-
-/// A copy of what was acknowledged so far (without the timings).
-pub fn snapshot(acked: &Mutex<Acked>) -> Acked {
-    Acked {
-        by_node: acked.lock().unwrap().by_node.clone(),
-        times: Vec::new(),
-    }
-}
-
-/// An NMS writer: one autocommit INSERT as `nms_app` every `every`, to whichever node accepts
-/// it (it keeps one session per node, reconnecting when one breaks).
-pub struct Writer {
-    pub acked: Arc<Mutex<Acked>>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    pub fn start(ports: [u16; 2], every: Duration, first_seq: i64) -> Writer {
-        let acked = Arc::new(Mutex::new(Acked::default()));
-        let (stop, mut stop_rx) = watch::channel(false);
-        let shared = Arc::clone(&acked);
-        let task = tokio::spawn(async move {
-            let infos: Vec<ConnInfo> = ports
-                .iter()
-                .map(|p| {
-                    ConnInfo::parse(&format!(
-                        "host=127.0.0.1 port={p} user=nms_app dbname=nms connect_timeout=1"
-                    ))
-                    .unwrap()
-                })
-                .collect();
-            let mut clients: [Option<tokio_postgres::Client>; 2] = [None, None];
-            let mut seq = first_seq;
-            let mut prefer = 0usize;
-            loop {
-                if *stop_rx.borrow() {
-                    return;
-                }
-                for k in 0..2 {
-                    let i = (prefer + k) % 2;
-                    if clients[i].as_ref().is_none_or(|c| c.is_closed()) {
-                        clients[i] = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            infos[i].connect("nms writer"),
-                        )
-                        .await
-                        .ok()
-                        .and_then(|r| r.ok());
-                    }
-                    let Some(c) = &clients[i] else { continue };
-                    let r = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        c.execute(
-                            "INSERT INTO nms.ledger (seq, node) VALUES ($1, $2)",
-                            &[&seq, &NAMES[i]],
-                        ),
-                    )
-                    .await;
-                    match r {
-                        Ok(Ok(_)) => {
-                            let mut a = shared.lock().unwrap();
-                            a.by_node.entry(i).or_default().push(seq);
-                            a.times.push((Instant::now(), seq));
-                            prefer = i;
-                            seq += 1;
-                            break;
-                        }
-                        Ok(Err(e))
-                            if e.code()
-                                == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
-                        {
-                            // An earlier attempt whose COMMIT never answered did commit: that
-                            // seq's outcome was unknown to the NMS, so it was never acknowledged.
-                            seq += 1;
-                            break;
-                        }
-                        Ok(Err(_)) => {}
-                        Err(_) => clients[i] = None,
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop_rx.changed() => {}
-                }
-            }
-        });
-        Writer { acked, stop, task }
-    }
-
-    pub async fn stop(self) -> Arc<Mutex<Acked>> {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        self.acked
-    }
-}
-
 /// Every `seq` in `nms.ledger` on the database at `dsn`.
 pub async fn ledger(dsn: &str) -> Vec<i64> {
     let c = ConnInfo::parse(dsn).unwrap().connect("test").await.unwrap();
@@ -362,30 +256,8 @@ pub async fn ledger(dsn: &str) -> Vec<i64> {
 /// The `seq` of every ledger insert saved in the divergence files under `dir` (only node
 /// `node`'s files when given).
 pub fn diverged_seqs(dir: &Path, node: Option<&str>) -> Vec<i64> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if node.is_some_and(|n| !name.starts_with(&format!("divergence-{n}-"))) {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(e.path().join("messages.jsonl")) else {
-            continue;
-        };
-        for line in text.lines() {
-            let m: serde_json::Value = serde_json::from_str(line).unwrap();
-            if m["table"] == "nms.ledger" && m["op"] == "insert" {
-                let v = &m["new"]["seq"];
-                let seq = v
-                    .as_i64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                    .unwrap_or_else(|| panic!("no seq in {line}"));
-                out.push(seq);
-            }
-        }
-    }
-    out.sort_unstable();
-    out
+    ledger::diverged_seqs(dir, node)
+        .unwrap()
+        .into_iter()
+        .collect()
 }
