@@ -88,12 +88,21 @@ async fn copied(pair: &Pair, dir: &std::path::Path) -> std::path::PathBuf {
     config
 }
 
-fn rejoin(config: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+/// Run `understudy rejoin --config CONFIG`, expect exit code `code`; its standard output.
+fn rejoin(config: &std::path::Path, code: i32) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
         .args(["rejoin", "--config"])
         .arg(config)
         .output()
-        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 async fn nms_app(port: u16) -> tokio_postgres::Client {
@@ -128,14 +137,7 @@ async fn nothing_diverged_follows_the_reverse_slot_without_a_copy() {
         .await
         .unwrap();
 
-    let out = rejoin(&config);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = rejoin(&config, 0);
     assert!(stdout.contains("nothing diverged"), "{stdout}");
     assert!(
         stdout.contains("following the new primary from"),
@@ -186,14 +188,7 @@ async fn writes_after_the_promotion_are_saved_and_the_old_primary_is_copied_agai
         .await
         .unwrap();
 
-    let out = rejoin(&config);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = rejoin(&config, 2);
     assert!(
         stdout.contains("DIVERGED: 4 transaction(s), 4 row change(s)"),
         "{stdout}"
@@ -248,9 +243,8 @@ async fn writes_after_the_promotion_are_saved_and_the_old_primary_is_copied_agai
     assert_eq!((rec.role, rec.epoch.0), (Role::Standby, 1));
 
     // Running it again changes nothing.
-    let again = rejoin(&config);
-    assert_eq!(again.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&again.stdout).contains("already the standby"));
+    let again = rejoin(&config, 0);
+    assert!(again.contains("already the standby"), "{again}");
 }
 
 /// `understudy switchover` with no sidecar running: directly on the databases, nothing lost, the

@@ -104,6 +104,24 @@ async fn wait_sync(primary: &tokio_postgres::Client) {
 }
 
 /// Wait until the primary sees no streaming walsender named [`APP`].
+/// Sync on with the follower streaming, then the follower stopped and gone: a commit of row 1
+/// left waiting for it. When the follower went, and the commit.
+async fn commit_left_waiting(
+    pair: &Pair,
+    p: &tokio_postgres::Client,
+    dir: &std::path::Path,
+) -> (Instant, JoinHandle<Result<u64, tokio_postgres::Error>>) {
+    let follower = Follower::start(pair, dir);
+    set_synchronous_standby(p, Some(APP)).await.unwrap();
+    wait_sync(p).await;
+    follower.stop().await;
+    wait_gone(p).await;
+    let gone_at = Instant::now();
+    let commit = spawn_commit(pair, 1).await;
+    wait_commit_waits_for_standby(p).await;
+    (gone_at, commit)
+}
+
 async fn wait_gone(primary: &tokio_postgres::Client) {
     wait_for(
         "the follower's walsender to go away",
@@ -287,14 +305,7 @@ async fn commit_waits_for_the_standby_until_it_returns() {
     let pair = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let p = pair.primary_client().await;
-    let follower = Follower::start(&pair, dir.path());
-    set_synchronous_standby(&p, Some(APP)).await.unwrap();
-    wait_sync(&p).await;
-
-    follower.stop().await;
-    wait_gone(&p).await;
-    let mut commit = spawn_commit(&pair, 1).await;
-    wait_commit_waits_for_standby(&p).await;
+    let (_, mut commit) = commit_left_waiting(&pair, &p, dir.path()).await;
     assert!(
         tokio::time::timeout(Duration::from_secs(2), &mut commit)
             .await
@@ -333,20 +344,11 @@ async fn fallback_releases_waiting_commits_and_sync_comes_back() {
     let pair = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let p = pair.primary_client().await;
-    let follower = Follower::start(&pair, dir.path());
-    set_synchronous_standby(&p, Some(APP)).await.unwrap();
-    wait_sync(&p).await;
-
     let after = Duration::from_secs(1);
     let mut policy = SyncPolicy::new(StandbyLoss::Async { after });
     let mut alarms = Vec::new();
     let mut performed = Vec::new();
-
-    follower.stop().await;
-    wait_gone(&p).await;
-    let gone_at = Instant::now();
-    let commit = spawn_commit(&pair, 1).await;
-    wait_commit_waits_for_standby(&p).await;
+    let (gone_at, commit) = commit_left_waiting(&pair, &p, dir.path()).await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     while !matches!(policy.state(), SyncState::AsyncFallback { .. }) {

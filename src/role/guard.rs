@@ -264,21 +264,7 @@ pub(crate) async fn lift_in(tx: &Transaction<'_>) -> Result<Lifted> {
         .await
         .context("while reading understudy.recorded_grant")?
         .iter()
-        .map(|r| {
-            let column: String = r.get(2);
-            let grantee: String = r.get(3);
-            RecordedGrant {
-                table: TableName {
-                    schema: r.get(0),
-                    name: r.get(1),
-                },
-                column: (!column.is_empty()).then_some(column),
-                grantee: (!grantee.is_empty()).then_some(grantee),
-                grantor: r.get(4),
-                privilege: r.get(5),
-                grantable: r.get(6),
-            }
-        })
+        .map(grant_from_row)
         .collect();
     let mut lifted = Lifted::default();
     // A grant made by a holder of the grant option needs that option back first: pass over the
@@ -444,24 +430,7 @@ async fn write_grants(
         )
         .await
         .context("while reading the write privileges on the replicated tables")?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let column: String = r.get(2);
-            let grantee: String = r.get(3);
-            RecordedGrant {
-                table: TableName {
-                    schema: r.get(0),
-                    name: r.get(1),
-                },
-                column: (!column.is_empty()).then_some(column),
-                grantee: (!grantee.is_empty()).then_some(grantee),
-                grantor: r.get(4),
-                privilege: r.get(5),
-                grantable: r.get(6),
-            }
-        })
-        .collect())
+    Ok(rows.iter().map(grant_from_row).collect())
 }
 
 /// The effective write privileges of `roles` on `tables` (quoted names), one line per role and
@@ -501,6 +470,25 @@ async fn write_privileges(
             })
         })
         .collect())
+}
+
+/// A grant from a row of (schema, table, column or '', grantee or '' for PUBLIC, grantor,
+/// privilege, grantable): the shape both `understudy.recorded_grant` and the live ACL queries
+/// return.
+fn grant_from_row(r: &tokio_postgres::Row) -> RecordedGrant {
+    let column: String = r.get(2);
+    let grantee: String = r.get(3);
+    RecordedGrant {
+        table: TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        },
+        column: (!column.is_empty()).then_some(column),
+        grantee: (!grantee.is_empty()).then_some(grantee),
+        grantor: r.get(4),
+        privilege: r.get(5),
+        grantable: r.get(6),
+    }
 }
 
 #[cfg(test)]
